@@ -1,0 +1,104 @@
+"""Comparison against the golden fixture (`../shared/golden`): reference outputs of upstream.
+
+Tolerances are the fixture's recommendations: floats `max|got-ref| <= 1e-3*max|ref| + 1e-5` over
+the stored values (whole tensor, or the stored sample of a large one) plus mean/std/L2 within 1e-3
+relative of the whole-tensor statistics; integers exact; bool masks at most 0.1% differing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+FLOAT_RTOL = 1e-3
+FLOAT_ATOL = 1e-5
+STATS_RTOL = 1e-3
+BOOL_MAX_FRACTION = 1e-3
+
+
+def golden_dir() -> Path:
+    env = os.environ.get("TOOLKIT_GOLDEN")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+
+
+def golden_path(*parts: str) -> Path:
+    return golden_dir().joinpath(*parts)
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict:
+    return json.loads(golden_path("outputs", "manifest.json").read_text())
+
+
+def load_stage(stage: str) -> dict[str, np.ndarray]:
+    with np.load(golden_path("outputs", manifest()["stages"][stage]["file"])) as z:
+        return {k: z[k] for k in z.files}
+
+
+def stage_tensor(stage: str, name: str) -> np.ndarray:
+    """A tensor the fixture stores whole (raises KeyError for a sampled one)."""
+    data = load_stage(stage)
+    if name not in data:
+        raise KeyError(f"{stage}:{name} is stored sampled (or absent), not whole")
+    return data[name]
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def compare_tensor(stage: str, name: str, got, stored: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Compare one tensor; returns {'ok', 'max_abs', 'max_ref', 'message'}."""
+    spec = manifest()["stages"][stage]["tensors"][name]
+    stored = stored if stored is not None else load_stage(stage)
+    got = _as_numpy(got)
+    where = f"{stage}:{name}"
+    if list(got.shape) != list(spec["shape"]):
+        return {"ok": False, "message": f"{where}: shape {list(got.shape)} != golden {spec['shape']}"}
+    if name in stored:
+        ref = stored[name]
+        values = got.reshape(ref.shape)
+    else:
+        idx = stored[name + "@idx"]
+        ref = stored[name + "@val"]
+        values = got.reshape(-1)[idx]
+    kind = spec["dtype"]
+    if kind == "bool":
+        diff = int(np.count_nonzero(values.astype(bool) != ref.astype(bool)))
+        ok = diff <= BOOL_MAX_FRACTION * ref.size
+        return {"ok": ok, "differing": diff, "of": int(ref.size),
+                "message": f"{where}: {diff}/{ref.size} mask elements differ"}
+    if kind.startswith("int"):
+        ok = got.dtype.kind in "iu" and np.array_equal(values.astype(np.int64), ref.astype(np.int64))
+        return {"ok": ok, "message": f"{where}: integers {'equal' if ok else 'differ'}"}
+    values = values.astype(np.float64)
+    ref = ref.astype(np.float64)
+    max_abs = float(np.max(np.abs(values - ref))) if ref.size else 0.0
+    max_ref = float(np.max(np.abs(ref))) if ref.size else 0.0
+    ok = bool(np.isfinite(values).all()) and max_abs <= FLOAT_RTOL * max_ref + FLOAT_ATOL
+    message = f"{where}: max|got-ref| {max_abs:.3g} (max|ref| {max_ref:.3g})"
+    full = got.astype(np.float64)
+    for stat, value in (("mean", full.mean()), ("std", full.std()), ("l2", np.sqrt((full ** 2).sum()))):
+        want = spec[stat]
+        if abs(value - want) > STATS_RTOL * max(abs(want), 1e-12) + FLOAT_ATOL:
+            ok = False
+            message += f"; {stat} {value:.6g} != golden {want:.6g}"
+    return {"ok": ok, "max_abs": max_abs, "max_ref": max_ref, "message": message}
+
+
+def check_stage(stage: str, got: Mapping[str, object], names: list[str] | None = None) -> list[dict]:
+    """Assert every tensor of `stage` (or `names`) matches; returns the per-tensor results."""
+    stored = load_stage(stage)
+    wanted = names or list(manifest()["stages"][stage]["tensors"])
+    missing = [n for n in wanted if n not in got]
+    assert not missing, f"{stage}: tensors not produced: {missing}"
+    results = [compare_tensor(stage, n, got[n], stored) for n in wanted]
+    bad = [r["message"] for r in results if not r["ok"]]
+    assert not bad, "golden mismatch:\n  " + "\n  ".join(bad)
+    return results

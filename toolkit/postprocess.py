@@ -1,0 +1,76 @@
+"""Detector outputs -> detections in original-image pixels (numpy only).
+
+This is the post-processing an application runs after the exported model, so it needs neither
+torch nor the model. It follows upstream ``Sam3Processor._forward_grounding``:
+
+- score = sigmoid(pred_logits) * sigmoid(presence_logit). ``pred_logits`` already carries the
+  presence probability (the detector's joint score), so upstream applies presence twice; we keep
+  that for parity.
+- queries with score > threshold are kept, in query order;
+- boxes: normalised cx,cy,w,h -> x0,y0,x1,y1 in pixels of the original image;
+- masks: logits resized bilinearly (half-pixel centres, i.e. torch ``align_corners=False``) to the
+  original height x width, then sigmoid; a pixel belongs to the mask when its probability > 0.5.
+"""
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def box_cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    cx, cy, w, h = np.moveaxis(boxes, -1, 0)
+    return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
+
+
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear resampling with half-pixel centres."""
+    scale = in_size / out_size
+    src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    w_hi = (src - lo).astype(np.float32)
+    return lo, hi, 1.0 - w_hi, w_hi
+
+
+def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of the last two axes, matching torch ``interpolate(mode="bilinear", align_corners=False)``."""
+    x = np.asarray(x, dtype=np.float32)
+    h_lo, h_hi, wh_lo, wh_hi = _linear_taps(x.shape[-2], out_hw[0])
+    w_lo, w_hi, ww_lo, ww_hi = _linear_taps(x.shape[-1], out_hw[1])
+    # Width first on the small input, then height: the same weighted sum as torch, fewer big temporaries.
+    cols = x[..., w_lo] * ww_lo + x[..., w_hi] * ww_hi
+    return cols[..., h_lo, :] * wh_lo[:, None] + cols[..., h_hi, :] * wh_hi[:, None]
+
+
+def postprocess_grounding(
+    pred_logits: np.ndarray,
+    pred_boxes: np.ndarray,
+    pred_masks: np.ndarray,
+    presence_logit: np.ndarray,
+    image_hw: tuple[int, int],
+    score_threshold: float = 0.5,
+) -> dict[str, np.ndarray]:
+    """Detections of one image.
+
+    pred_logits (1, Q, 1), pred_boxes (1, Q, 4) normalised cx,cy,w,h, pred_masks (1, Q, h, w)
+    logits, presence_logit (1, 1); image_hw = original (H, W).
+    Returns boxes_xyxy_px (N, 4), scores (N,), mask_probs (N, 1, H, W) float32 and masks (N, 1, H, W)
+    bool for the N queries whose score exceeds score_threshold, in query order.
+    """
+    pred_logits, pred_boxes, pred_masks, presence_logit = (
+        np.asarray(a, dtype=np.float32) for a in (pred_logits, pred_boxes, pred_masks, presence_logit)
+    )
+    scores = (sigmoid(pred_logits[0, :, 0]) * sigmoid(presence_logit[0, 0])).astype(np.float32)
+    keep = scores > score_threshold
+    height, width = image_hw
+    scale = np.array([width, height, width, height], dtype=np.float32)
+    boxes = box_cxcywh_to_xyxy(pred_boxes[0, keep]) * scale
+    mask_probs = sigmoid(resize_bilinear(pred_masks[0, keep], (height, width)))[:, None]
+    return {
+        "boxes_xyxy_px": boxes.astype(np.float32),
+        "scores": scores[keep],
+        "mask_probs": mask_probs.astype(np.float32),
+        "masks": mask_probs > 0.5,
+    }
