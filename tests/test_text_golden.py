@@ -65,12 +65,14 @@ def test_tokenizer_cleaning(tokenizer, text, expected):
     assert tokenizer.encode(text) == expected
 
 
+@pytest.mark.full
 def test_strict_load(encoder, state_dict):
     result = encoder.load_state_dict(state_dict, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert sum(p.numel() for p in encoder.parameters()) == sum(t.numel() for t in state_dict.values())
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("case", CASES)
 def test_text_encoder_matches_golden(tokenizer, encoder, case):
     ids = tokenizer(CASES[case])
@@ -88,6 +90,7 @@ def test_text_encoder_matches_golden(tokenizer, encoder, case):
     )
 
 
+@pytest.mark.full
 def test_short_context(tokenizer, encoder):
     ids = tokenizer(["person", "a red cup"], context_length=16)
     with torch.no_grad():

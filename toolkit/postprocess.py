@@ -3,9 +3,8 @@
 This is the post-processing an application runs after the exported model, so it needs neither
 torch nor the model. It follows upstream ``Sam3Processor._forward_grounding``:
 
-- score = sigmoid(pred_logits) * sigmoid(presence_logit). ``pred_logits`` already carries the
-  presence probability (the detector's joint score), so upstream applies presence twice; we keep
-  that for parity.
+- score = sigmoid(pred_logits) * sigmoid(presence_logit): how well the query matches the prompt,
+  times how likely the prompted concept is present in the image at all;
 - queries with score > threshold are kept, in query order;
 - boxes: normalised cx,cy,w,h -> x0,y0,x1,y1 in pixels of the original image;
 - masks: logits resized bilinearly (half-pixel centres, i.e. torch ``align_corners=False``) to the

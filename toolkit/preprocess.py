@@ -13,13 +13,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from toolkit.errors import ToolkitError
+
 IMAGE_SIZE = 1008
 
 
 def load_rgb(path: str | PathLike) -> np.ndarray:
     """Read an image file as an (H, W, 3) uint8 RGB array."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except OSError as err:  # missing file or not an image Pillow can read
+        raise ToolkitError(f"cannot read image {path}: {err}") from err
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ToolkitError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +43,7 @@ def preprocess_image(rgb: np.ndarray) -> torch.Tensor:
     The uint8 antialiased bilinear resize is bit-identical to torchvision v2 `Resize` on a
     uint8 image. The reference's float conversion multiplies by 1/255 (not divides).
     """
+    _check_rgb(rgb)
     chw = torch.tensor(rgb).permute(2, 0, 1)[None]  # copy: the array may be read-only
     resized = F.interpolate(
         chw, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
@@ -45,6 +56,7 @@ def preprocess_frame(rgb: np.ndarray) -> torch.Tensor:
 
     PIL's default (bicubic) resize, /255 in float64, cast to float32, then normalised.
     """
+    _check_rgb(rgb)
     resized = np.asarray(Image.fromarray(rgb).resize((IMAGE_SIZE, IMAGE_SIZE)))
     scaled = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
     return _normalise(scaled)[None]

@@ -1,0 +1,70 @@
+"""`toolkit` command line: argument parsing only; each subcommand calls one API function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import ToolkitError
+
+
+def _inspect(args) -> None:
+    from .api import inspect_checkpoint
+    from .inventory import format_table
+    report = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    print(f"{report.path}: {report.container}")
+    if report.weights_label:
+        print(f"weights: {report.weights_label}")
+    print(format_table(report.rows))
+    if report.dead_keys:
+        print(f"\nThe dead SAM3 ViT trunk ({report.dead_keys} entries / {report.dead_numel:,} numbers, "
+              f"{report.dead_numel * 4 / 2**30:.2f} GiB in fp32) is never used by the model: dropped on load.")
+    print(f"Live model: {report.live_keys:,} entries / {report.live_numel:,} numbers, all checked "
+          "(names, shapes, dtypes, finite values).")
+
+
+def _make_default(args) -> None:
+    from .weights import write_default_checkpoint
+    info = write_default_checkpoint(args.out, with_dead_trunk=args.with_dead_trunk, force=args.force)
+    print(f"wrote {info['path']}: {info['keys']:,} entries / {info['numel']:,} numbers")
+    print(f"weights: {info['weights']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="toolkit", description="Edge-deployment toolkit for EfficientSAM3 "
+                                "(RepViT-M0.9 + MobileCLIP-S1).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("inspect", help="component table of a checkpoint (and a full validity check)")
+    s.add_argument("checkpoint", help="path to efficient_sam3_repvit-m0_9_mobileclip_s1.pth (or compatible)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=_inspect)
+
+    s = sub.add_parser("make-default", help="write the embedded default checkpoint (real layout, "
+                       "deterministic weights: NOT the trained weights)")
+    s.add_argument("out", help="output .pth path")
+    s.add_argument("--with-dead-trunk", action="store_true",
+                   help="include the 420 dead SAM3 ViT trunk entries, like the released file (2.3 GB)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.set_defaults(func=_make_default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ToolkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The EfficientSAM3 detector: image + text (+ boxes) -> scored boxes and masks for 200 queries.
+
+Checkpoint prefix ``detector.``. The stages run in this order (upstream ``Sam3Image`` with
+``Sam3Processor``), each a method a pipeline can call on its own:
+
+  encode_image   image (B,3,1008,1008) -> FPN levels + position encodings
+  encode_text    token ids (B,77) -> text tokens (77,B,256) + padding mask
+  encode_prompt  geometry tokens from boxes, appended to the text tokens -> prompt (L,B,256)
+  fuse           fusion encoder: image tokens attend to the prompt -> memory (5184,B,256)
+  decode         200 queries + presence token -> hs, boxes, presence logits
+  score          dot product of every query with the pooled prompt
+  segment        mask logits of every query (B,200,288,288) + semantic map
+  forward_grounding  fuse .. segment, combined into the outputs of ``Sam3Image.forward_grounding``
+
+Every method takes an optional ``record(stage, tensors)`` callback. It receives the golden
+manifest's stage suffix (``"03_neck"``, ``"09_scoring"``, ...) and the tensors under the manifest's
+names (``"out.backbone_fpn.0"``, ...), so a caller can dump every stage boundary.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from toolkit.model.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
+from toolkit.model.fusion_decoder import FusionDecoder
+from toolkit.model.fusion_encoder import FusionEncoder
+from toolkit.model.geometry import GeometryEncoder
+from toolkit.model.scoring import DotProductScoring
+from toolkit.model.segmentation_head import SegmentationHead
+from toolkit.model.text import TextEncoder
+from toolkit.model.vision import Features, VisionBackbone
+from toolkit.postprocess import postprocess_grounding
+
+Recorder = Callable[[str, dict[str, Tensor | np.ndarray]], None]
+
+
+def stage_tensors(value, name: str = "out") -> dict[str, Tensor]:
+    """Name a stage's output as the manifest does: dict keys and tuple/list indices joined by dots."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {name: value}
+    named = {}
+    for key, item in items:
+        named.update(stage_tensors(item, f"{name}.{key}"))
+    return named
+
+
+@contextmanager
+def _recording_output(module: nn.Module, record: Recorder | None, stage: str) -> Iterator[None]:
+    """Record `module`'s output as `stage` while the block runs (for stages inside a submodule)."""
+    if record is None:
+        yield
+        return
+    handle = module.register_forward_hook(lambda _m, _args, out: record(stage, stage_tensors(out)))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class VisionLanguageBackbone(nn.Module):
+    """Holds the two encoders under the checkpoint's ``backbone.`` names."""
+
+    def __init__(self):
+        super().__init__()
+        self.vision_backbone = VisionBackbone()
+        self.language_backbone = TextEncoder()
+
+
+class FusionTransformer(nn.Module):
+    """Holds the fusion encoder and decoder under the checkpoint's ``transformer.`` names."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = FusionEncoder()
+        self.decoder = FusionDecoder()
+
+
+class Detector(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = VisionLanguageBackbone()
+        self.geometry_encoder = GeometryEncoder()
+        self.transformer = FusionTransformer()
+        self.segmentation_head = SegmentationHead()
+        self.dot_prod_scoring = DotProductScoring()
+
+    def encode_image(self, image: Tensor, record: Recorder | None = None) -> Features:
+        """Normalised image (B,3,1008,1008) -> {"vision_features", "vision_pos_enc", "backbone_fpn"}
+        with three levels (B,256,288|144|72,...), finest first."""
+        vision = self.backbone.vision_backbone
+        if record is not None:
+            record("00_preprocess", {"image": image})
+        with _recording_output(vision.trunk.model.backbone, record, "01_repvit_backbone"):
+            trunk_out = vision.trunk(image)
+        features = vision.detector_features(trunk_out)
+        if record is not None:
+            record("02_trunk_with_head", stage_tensors([trunk_out]))
+            record("03_neck", stage_tensors(features))
+        return features
+
+    def encode_text(self, token_ids: Tensor, record: Recorder | None = None) -> dict[str, Tensor]:
+        """Token ids (B,77) -> language_features (77,B,256), language_mask (B,77) True = padding,
+        language_embeds (77,B,512)."""
+        text = self.backbone.language_backbone
+        if record is not None:
+            record("04_tokenizer", {"ids": token_ids})
+        with (
+            _recording_output(text.encoder.final_layer_norm, record, "05a_text_transformer"),
+            _recording_output(text.projector, record, "05b_text_projector"),
+        ):
+            encoded = text(token_ids)
+        mask, memory, embeds = encoded
+        out = {"language_features": memory, "language_mask": mask, "language_embeds": embeds}
+        if record is not None:
+            record("05c_text_encoder", stage_tensors(encoded))
+            record("05d_forward_text", stage_tensors(out))
+        return out
+
+    def encode_prompt(
+        self,
+        features: Features,
+        text: dict[str, Tensor],
+        boxes: Tensor | None = None,
+        box_labels: Tensor | None = None,
+        record: Recorder | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Prompt tokens = text tokens, then geometry tokens (boxes and a CLS token).
+
+        boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool (True = positive); none = text only.
+        Returns prompt (77+N+1, B, 256) and prompt_mask (B, 77+N+1), True = padding.
+        """
+        image, image_pos = features["backbone_fpn"][-1], features["vision_pos_enc"][-1]
+        if boxes is None:
+            boxes = image.new_zeros(0, image.shape[0], 4)
+            box_labels = torch.zeros(0, image.shape[0], dtype=torch.bool, device=image.device)
+        geometry = self.geometry_encoder(boxes, box_labels, image, image_pos)
+        if record is not None:
+            record("06_geometry_encoder", stage_tensors(geometry))
+        tokens, mask = geometry
+        prompt = torch.cat((text["language_features"], tokens), dim=0)
+        prompt_mask = torch.cat((text["language_mask"], mask), dim=1)
+        return prompt, prompt_mask
+
+    def fuse(
+        self, features: Features, prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None
+    ) -> dict[str, Tensor]:
+        """Fusion encoder -> {"memory" (5184,B,256), "pos_embed", "memory_text", ...}."""
+        encoded = self.transformer.encoder(
+            features["backbone_fpn"][-1], features["vision_pos_enc"][-1], prompt, prompt_mask
+        )
+        if record is not None:
+            record("07_fusion_encoder", stage_tensors(encoded))
+        return encoded
+
+    def decode(
+        self, encoded: dict[str, Tensor], prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Decoder -> hs (6,200,B,256), reference boxes (6,200,B,4), presence logits (6,1,B),
+        presence feats (1,B,256), seq-first. As upstream, it reads the prompt before the encoder."""
+        decoded = self.transformer.decoder(encoded["memory"], encoded["pos_embed"], prompt, prompt_mask)
+        if record is not None:
+            record("08_decoder", stage_tensors(decoded))
+        return decoded
+
+    def score(self, hs: Tensor, prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None) -> Tensor:
+        """hs (layers,B,Q,256) batch-first -> raw logits (layers,B,Q,1), before presence."""
+        logits = self.dot_prod_scoring(hs, prompt, prompt_mask)
+        if record is not None:
+            record("09_scoring", stage_tensors(logits))
+        return logits
+
+    def segment(
+        self,
+        features: Features,
+        queries: Tensor,
+        memory: Tensor,
+        prompt: Tensor,
+        prompt_mask: Tensor,
+        record: Recorder | None = None,
+    ) -> dict[str, Tensor]:
+        """queries (B,Q,256) of the last layer -> pred_masks (B,Q,288,288), semantic_seg (B,1,288,288)."""
+        masks = self.segmentation_head(features["backbone_fpn"], queries, memory, prompt, prompt_mask)
+        if record is not None:
+            record("10_seg_head", stage_tensors(masks))
+        return masks
+
+    def forward_grounding(
+        self,
+        features: Features,
+        text: dict[str, Tensor],
+        boxes: Tensor | None = None,
+        box_labels: Tensor | None = None,
+        record: Recorder | None = None,
+    ) -> dict[str, Tensor]:
+        """Image features + text (+ boxes) -> outputs of upstream ``forward_grounding`` (last layer):
+
+        encoder_hidden_states (5184,B,256), presence_feats (1,B,256), queries (B,200,256),
+        presence_logit_dec (B,1), pred_logits (B,200,1) (query logits, presence not applied),
+        pred_boxes (B,200,4) normalised cx,cy,w,h, pred_boxes_xyxy (B,200,4),
+        pred_masks (B,200,288,288) logits, semantic_seg (B,1,288,288) logits.
+        """
+        prompt, prompt_mask = self.encode_prompt(features, text, boxes, box_labels, record)
+        encoded = self.fuse(features, prompt, prompt_mask, record)
+        memory = encoded["memory"]
+        hs, reference_boxes, presence_logits, presence_feats = self.decode(encoded, prompt, prompt_mask, record)
+        hs = hs.transpose(1, 2)  # -> batch-first (layers, B, Q, C)
+        queries = hs[-1]
+
+        # The image model keeps the raw query logits; presence enters at post-processing.
+        pred_logits = self.score(hs, prompt, prompt_mask, record)[-1]
+        presence_logit = presence_logits[-1].transpose(0, 1)  # (B, 1)
+
+        # The decoder refines boxes after every layer but returns each layer's starting box:
+        # apply the last refinement here, as upstream does.
+        box_deltas = self.transformer.decoder.bbox_embed(queries)
+        pred_boxes = (inverse_sigmoid(reference_boxes[-1].transpose(0, 1)) + box_deltas).sigmoid()
+
+        masks = self.segment(features, queries, memory, prompt, prompt_mask, record)
+        out = {
+            "encoder_hidden_states": memory,
+            "presence_feats": presence_feats,
+            "queries": queries,
+            "presence_logit_dec": presence_logit,
+            "pred_logits": pred_logits,
+            "pred_boxes": pred_boxes,
+            "pred_boxes_xyxy": box_cxcywh_to_xyxy(pred_boxes),
+            **masks,
+        }
+        if record is not None:
+            record("11_grounding_out", stage_tensors(out))
+        return out
+
+    def forward(
+        self, image: Tensor, token_ids: Tensor, boxes: Tensor | None = None, box_labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The whole detector in one graph: image (B,3,1008,1008) + ids (B,77) (+ boxes) -> grounding outputs."""
+        return self.forward_grounding(self.encode_image(image), self.encode_text(token_ids), boxes, box_labels)
+
+
+def detections(
+    outputs: dict[str, Tensor],
+    image_hw: tuple[int, int],
+    score_threshold: float = 0.5,
+    record: Recorder | None = None,
+) -> dict[str, np.ndarray]:
+    """Grounding outputs (batch 1) -> detections at the original image size (see toolkit.postprocess)."""
+    arrays = {
+        name: outputs[name].detach().cpu().numpy()
+        for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec")
+    }
+    found = postprocess_grounding(
+        arrays["pred_logits"],
+        arrays["pred_boxes"],
+        arrays["pred_masks"],
+        arrays["presence_logit_dec"],
+        image_hw,
+        score_threshold,
+    )
+    if record is not None:
+        record("12_postprocess", stage_tensors(found))
+    return found

@@ -1,0 +1,18 @@
+"""Neural modules of the EfficientSAM3 video tracker (checkpoint prefix `tracker.`)."""
+from .mask_decoder import SamMaskDecoder
+from .memory_attention import MemoryAttention
+from .memory_encoder import MemoryEncoder, mask_logits_to_memory_input
+from .prompt_encoder import SamPromptEncoder
+from .tracker import NO_OBJ_SCORE, TrackerModules, effective_iou_score, sine_encoding_1d
+
+__all__ = [
+    "MemoryAttention",
+    "MemoryEncoder",
+    "NO_OBJ_SCORE",
+    "SamMaskDecoder",
+    "SamPromptEncoder",
+    "TrackerModules",
+    "effective_iou_score",
+    "mask_logits_to_memory_input",
+    "sine_encoding_1d",
+]
