@@ -132,7 +132,9 @@ def _mutations(tmp_path):
         return save(sd)
 
     def other_text_encoder():
-        sd = {k: v for k, v in layout_state_dict().items() if ".language_backbone.encoder.transformer.1" not in k}
+        prefix = "detector.backbone.language_backbone.encoder.transformer."
+        sd = {k: v for k, v in layout_state_dict().items()
+              if not k.startswith(prefix) or int(k[len(prefix):].split(".")[0]) < 6}
         return save(sd)
 
     def runs_code():
@@ -150,7 +152,7 @@ def _mutations(tmp_path):
         ("not_a_checkpoint", not_a_checkpoint, "not a PyTorch checkpoint"),
         ("full_sam3", full_sam3, "SAM3 ViT-H image encoder (full SAM3) and the SAM3 text encoder"),
         ("other_backbone", other_backbone, "RepViT-M1.1 image encoder"),
-        ("other_text_encoder", other_text_encoder, "MobileCLIP text encoder of width 512 with 2 transformer layers"),
+        ("other_text_encoder", other_text_encoder, "MobileCLIP text encoder of width 512 with 6 transformer layers"),
         ("runs_code", runs_code, "refused to unpickle"),
         ("absent", lambda: tmp_path / "nope.pth", "does not exist"),
     ]

@@ -34,22 +34,31 @@ CASES = {
 }
 
 
-def _load(name: str, prefix: str | None = None, cls=None) -> torch.nn.Module:
-    cls, prefix = (cls, prefix) if cls is not None else MODULES[name]
+@pytest.fixture(scope="module")
+def weights():
+    """The whole synthetic state dict, generated once (it is drawn key by key)."""
+    return synthetic_state_dict()
+
+
+def _under(weights: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _load(cls, prefix: str, weights: dict) -> torch.nn.Module:
     model = cls().eval()
-    model.load_state_dict(synthetic_state_dict(prefix), strict=True)
+    model.load_state_dict(_under(weights, prefix), strict=True)
     return model
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {name: _load(name) for name in MODULES}
+def models(weights):
+    return {name: _load(cls, prefix, weights) for name, (cls, prefix) in MODULES.items()}
 
 
 @pytest.fixture(scope="module")
-def image_features():
+def image_features(weights):
     """Last detector pyramid level (1,256,72,72) and its position encoding."""
-    vision = _load("vision", "detector.backbone.vision_backbone.", VisionBackbone)
+    vision = _load(VisionBackbone, "detector.backbone.vision_backbone.", weights)
     image = preprocess_image(load_rgb(golden_path("inputs", "coffee.png")))
     with torch.no_grad():
         features = vision(image)
@@ -57,8 +66,8 @@ def image_features():
 
 
 @pytest.fixture(scope="module")
-def text_encoder():
-    return _load("text", "detector.backbone.language_backbone.", TextEncoder)
+def text_encoder(weights):
+    return _load(TextEncoder, "detector.backbone.language_backbone.", weights)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -80,9 +89,9 @@ def case_outputs(request, models, image_features, text_encoder):
 
 
 @pytest.mark.parametrize("name", list(MODULES))
-def test_strict_load(name):
+def test_strict_load(name, weights):
     cls, prefix = MODULES[name]
-    result = cls().load_state_dict(synthetic_state_dict(prefix), strict=True)
+    result = cls().load_state_dict(_under(weights, prefix), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
 

@@ -33,6 +33,34 @@ def _make_default(args) -> None:
     print(f"weights: {info['weights']}")
 
 
+def _box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 in pixels, got {text!r}")
+    return values
+
+
+def _progress(message: str) -> None:
+    print(f"[toolkit] {message}", file=sys.stderr, flush=True)
+
+
+def _segment(args) -> None:
+    from .api import segment
+    result = segment(args.image, args.prompt, args.out, args.checkpoint, args.box, args.neg_box,
+                     args.threshold, args.save_intermediates, args.force, progress=_progress)
+    if args.checkpoint is None:
+        print(f"weights: {result.weights_label}")
+    top = sorted(result.objects, key=lambda o: -o["score"])[:5]
+    print(f"{len(result.objects)} objects with score > {args.threshold:g} in {result.seconds:.1f} s"
+          + (": best " + ", ".join(f"{o['score']:.3f}" for o in top) if top else ""))
+    print(f"wrote {result.out_dir}/ (overlay.png, detections.json, {len(result.objects)} mask PNGs)")
+    if args.save_intermediates:
+        print(f"stage dumps in {args.save_intermediates}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toolkit", description="Edge-deployment toolkit for EfficientSAM3 "
                                 "(RepViT-M0.9 + MobileCLIP-S1).")
@@ -50,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="include the 420 dead SAM3 ViT trunk entries, like the released file (2.3 GB)")
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
     s.set_defaults(func=_make_default)
+
+    s = sub.add_parser("segment", help="segment every instance of a text concept (optionally with boxes)",
+                       description="Promptable concept segmentation of one image with the PyTorch reference.")
+    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
+    s.add_argument("--image", required=True, help="input image (any format Pillow reads)")
+    s.add_argument("--prompt", required=True, help="text prompt, e.g. 'person'")
+    s.add_argument("--box", action="append", type=_box, default=[], metavar="x0,y0,x1,y1",
+                   help="positive box prompt in image pixels (repeatable)")
+    s.add_argument("--neg-box", action="append", type=_box, default=[], metavar="x0,y0,x1,y1",
+                   help="negative box prompt in image pixels (repeatable)")
+    s.add_argument("--threshold", type=float, default=0.5, help="score threshold (default 0.5; 0 keeps all 200 queries)")
+    s.add_argument("--out", required=True, help="output directory (masks, overlay.png, detections.json)")
+    s.add_argument("--save-intermediates", metavar="DIR", help="write every stage boundary as DIR/<stage>.npz")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_segment)
     return p
 
 

@@ -18,6 +18,7 @@ FLOAT_RTOL = 1e-3
 FLOAT_ATOL = 1e-5
 STATS_RTOL = 1e-3
 BOOL_MAX_FRACTION = 1e-3
+BOX_PX_ATOL = 1e-2  # post-processed pixel boxes: absolute
 
 
 def golden_dir() -> Path:
@@ -81,7 +82,8 @@ def compare_tensor(stage: str, name: str, got, stored: Mapping[str, np.ndarray] 
     ref = ref.astype(np.float64)
     max_abs = float(np.max(np.abs(values - ref))) if ref.size else 0.0
     max_ref = float(np.max(np.abs(ref))) if ref.size else 0.0
-    ok = bool(np.isfinite(values).all()) and max_abs <= FLOAT_RTOL * max_ref + FLOAT_ATOL
+    bound = BOX_PX_ATOL if name.endswith("boxes_xyxy_px") else FLOAT_RTOL * max_ref + FLOAT_ATOL
+    ok = bool(np.isfinite(values).all()) and max_abs <= bound
     message = f"{where}: max|got-ref| {max_abs:.3g} (max|ref| {max_ref:.3g})"
     full = got.astype(np.float64)
     for stat, value in (("mean", full.mean()), ("std", full.std()), ("l2", np.sqrt((full ** 2).sum()))):
@@ -101,4 +103,27 @@ def check_stage(stage: str, got: Mapping[str, object], names: list[str] | None =
     results = [compare_tensor(stage, n, got[n], stored) for n in wanted]
     bad = [r["message"] for r in results if not r["ok"]]
     assert not bad, "golden mismatch:\n  " + "\n  ".join(bad)
+    return results
+
+
+def compare_dump(dump: Mapping[str, Mapping[str, object]], case: str) -> list[dict]:
+    """Compare a `--save-intermediates` dump of one image case (`txt_person`, ...) with the golden.
+
+    Stage `S` of the dump is golden stage `img__S` or `<case>__S`; golden stages the dump lacks are
+    reported as failures too, so a partial dump cannot pass.
+    """
+    results = []
+    for stage in manifest()["stages"]:
+        prefix, _, suffix = stage.partition("__")
+        if prefix not in ("img", case):
+            continue
+        if suffix not in dump:
+            results.append({"ok": False, "stage": stage, "message": f"{stage}: not in the dump"})
+            continue
+        stored = load_stage(stage)
+        for name in manifest()["stages"][stage]["tensors"]:
+            if name not in dump[suffix]:
+                results.append({"ok": False, "stage": stage, "message": f"{stage}:{name}: not in the dump"})
+                continue
+            results.append({"stage": stage, **compare_tensor(stage, name, dump[suffix][name], stored)})
     return results

@@ -24,13 +24,19 @@ def box_cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
 
 
 def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights of 1-D linear resampling with half-pixel centres."""
-    scale = in_size / out_size
-    src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    """Source indices and weights of 1-D linear resampling with half-pixel centres.
+
+    Rounded like torch's CPU kernel, so that the weights agree to the last bit: the scale is a
+    float32, and the source position scale * (i + 0.5) - 0.5 is rounded to float32 once (a fused
+    multiply-add; float64 holds the product exactly).
+    """
+    scale = float(np.float32(in_size / out_size))
+    src = ((np.arange(out_size) + 0.5) * scale - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0))
+    lo = np.minimum(src.astype(np.int64), in_size - 1)  # src >= 0: truncation is floor
     hi = np.minimum(lo + 1, in_size - 1)
-    w_hi = (src - lo).astype(np.float32)
-    return lo, hi, 1.0 - w_hi, w_hi
+    w_hi = src - lo.astype(np.float32)
+    return lo, hi, np.float32(1) - w_hi, w_hi
 
 
 def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -38,9 +44,10 @@ def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     h_lo, h_hi, wh_lo, wh_hi = _linear_taps(x.shape[-2], out_hw[0])
     w_lo, w_hi, ww_lo, ww_hi = _linear_taps(x.shape[-1], out_hw[1])
-    # Width first on the small input, then height: the same weighted sum as torch, fewer big temporaries.
-    cols = x[..., w_lo] * ww_lo + x[..., w_hi] * ww_hi
-    return cols[..., h_lo, :] * wh_lo[:, None] + cols[..., h_hi, :] * wh_hi[:, None]
+    # Width first on the small input, then height: the same weighted sum as torch, fewer big
+    # temporaries. np.take is much faster than fancy indexing here.
+    cols = np.take(x, w_lo, axis=-1) * ww_lo + np.take(x, w_hi, axis=-1) * ww_hi
+    return np.take(cols, h_lo, axis=-2) * wh_lo[:, None] + np.take(cols, h_hi, axis=-2) * wh_hi[:, None]
 
 
 def postprocess_grounding(

@@ -43,9 +43,10 @@ class RoPEAttention(nn.Module):
         """q (B,5184,dim); k/v_spatial (B,G*5184,kv_in_dim); k/v_extra (B,P,kv_in_dim)."""
         q = rotate(self.q_proj(q), cos, sin)
         k = self.k_proj(k_spatial)
-        batch, length, channels = k.shape
-        # Each of the G grids of keys is rotated like the query grid.
-        k = rotate(k.reshape(batch, -1, GRID * GRID, channels), cos, sin).reshape(batch, length, channels)
+        # Each of the G grids of keys is rotated like the query grid. Indexing the tables by
+        # token % grid (not reshaping to G grids) keeps G a free dimension when exported.
+        cell = torch.arange(k.shape[1], device=k.device) % (GRID * GRID)
+        k = rotate(k, cos[cell], sin[cell])
         v = self.v_proj(v_spatial)
         if k_extra is not None:
             k = torch.cat([k, self.k_proj(k_extra)], dim=1)

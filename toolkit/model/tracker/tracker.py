@@ -55,11 +55,13 @@ class TrackerModules(nn.Module):
         self.transformer = nn.ModuleDict({"encoder": MemoryAttention()})
         self.obj_ptr_proj = MLP(DIM, DIM, DIM, 3)
         self.obj_ptr_tpos_proj = nn.Linear(DIM, MEM_DIM)
-        # Upstream turns a 1008 mask prompt into a 252 logit map with it (mask-as-output path).
+        # Used upstream only when a frame is prompted with a mask instead of clicks
+        # (`_use_mask_as_output`: 1008 mask -> 252 logit map); no method here uses it.
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
         # Temporal encodings of the memory slots (see `memory_pos`).
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(NUM_MASKMEM, 1, 1, MEM_DIM))
-        # Added to the features of a frame with no memory (the prompted frame).
+        # Added to the features of a frame with no memory (the prompted frame). no_mem_pos_enc
+        # is loaded but unused: upstream's only use of it is unreachable code.
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, DIM))
         self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, DIM))
         # Added to memories / used as pointer when the object is predicted absent.

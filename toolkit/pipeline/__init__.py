@@ -1,0 +1,1 @@
+"""Pipelines above the model: pre-processing, prompt assembly, post-processing, stage dumps."""
