@@ -65,32 +65,40 @@ class SegmentResult:
 
 def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: str | Path | None = None,
             boxes: list[tuple[float, float, float, float]] = (), negative_boxes=(),
-            threshold: float = 0.5, save_intermediates: str | Path | None = None, force: bool = False,
+            threshold: float = 0.5, max_objects: int | None = None,
+            save_intermediates: str | Path | None = None, force: bool = False,
             progress=lambda message: None) -> SegmentResult:
     """`toolkit segment`: masks (PNG per object), overlay PNG and detections.json under `out`."""
     import json
     import time
+    from contextlib import ExitStack
 
     import numpy as np
     from PIL import Image
 
     from .outputs import fresh_output_dir
-    from .pipeline.image import ImageSegmenter
+    from .pipeline.image import ImageSegmenter, check_prompt
     from .pipeline.intermediates import StageDump
     from .preprocess import load_rgb
     from .visualize import overlay
 
     if not 0.0 <= threshold < 1.0:
         raise ToolkitError(f"--threshold must be in [0, 1), got {threshold}")
+    if max_objects is not None and max_objects < 1:
+        raise ToolkitError(f"--max-objects must be at least 1, got {max_objects}")
     rgb = load_rgb(image)
-    progress("loading the model")
-    detector, label = load_detector(checkpoint_path)
-    start = time.perf_counter()
-    with fresh_output_dir(out, force) as tmp:
-        record = StageDump(save_intermediates) if save_intermediates else None
+    check_prompt(prompt, list(boxes) + list(negative_boxes), rgb.shape[:2])
+    with ExitStack() as stack:
+        tmp = stack.enter_context(fresh_output_dir(out, force))
+        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
+            if save_intermediates else None
+        progress("loading the model")
+        detector, label = load_detector(checkpoint_path)
+        start = time.perf_counter()
         progress(f"segmenting {image} for {prompt!r}")
         found = ImageSegmenter(detector)(rgb, prompt, list(boxes) + list(negative_boxes),
-                                         [True] * len(boxes) + [False] * len(negative_boxes), threshold, record)
+                                         [True] * len(boxes) + [False] * len(negative_boxes), threshold,
+                                         max_objects, record)
         seconds = time.perf_counter() - start
         objects = []
         for i in range(len(found.scores)):
@@ -99,11 +107,14 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
             objects.append({"index": i, "query": int(found.query_indices[i]), "score": float(found.scores[i]),
                             "box_xyxy_px": [round(float(v), 3) for v in found.boxes_xyxy_px[i]],
                             "mask": name, "mask_area_px": int(found.masks[i].sum())})
-        caption = f"{prompt!r}: {len(objects)} objects (score > {threshold:g}); {label.split(':')[0]}"
+        caption = f"{prompt!r}: {len(objects)} objects (score > {threshold:g})" + (
+            "; embedded default weights (untrained)" if checkpoint_path is None else "")
         overlay(rgb, found.masks, found.boxes_xyxy_px, found.scores, caption).save(tmp / "overlay.png")
         (tmp / "detections.json").write_text(json.dumps({
             "image": str(image), "image_size_wh": [rgb.shape[1], rgb.shape[0]], "prompt": prompt,
-            "boxes_xyxy_px": [list(b) for b in boxes], "negative_boxes_xyxy_px": [list(b) for b in negative_boxes],
-            "threshold": threshold, "weights": label, "seconds": round(seconds, 3), "objects": objects,
+            "boxes_xyxy_px": [list(b) for b in boxes],
+            "negative_boxes_xyxy_px": [list(b) for b in negative_boxes],
+            "threshold": threshold, "max_objects": max_objects, "weights": label,
+            "seconds": round(seconds, 3), "objects": objects,
         }, indent=2))
     return SegmentResult(str(out), label, objects, seconds)

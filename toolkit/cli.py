@@ -50,7 +50,7 @@ def _progress(message: str) -> None:
 def _segment(args) -> None:
     from .api import segment
     result = segment(args.image, args.prompt, args.out, args.checkpoint, args.box, args.neg_box,
-                     args.threshold, args.save_intermediates, args.force, progress=_progress)
+                     args.threshold, args.max_objects, args.save_intermediates, args.force, progress=_progress)
     if args.checkpoint is None:
         print(f"weights: {result.weights_label}")
     top = sorted(result.objects, key=lambda o: -o["score"])[:5]
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--neg-box", action="append", type=_box, default=[], metavar="x0,y0,x1,y1",
                    help="negative box prompt in image pixels (repeatable)")
     s.add_argument("--threshold", type=float, default=0.5, help="score threshold (default 0.5; 0 keeps all 200 queries)")
+    s.add_argument("--max-objects", type=int, metavar="N", help="keep only the N best-scoring objects")
     s.add_argument("--out", required=True, help="output directory (masks, overlay.png, detections.json)")
     s.add_argument("--save-intermediates", metavar="DIR", help="write every stage boundary as DIR/<stage>.npz")
     s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")

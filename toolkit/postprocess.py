@@ -18,6 +18,14 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _sigmoid_inplace(x: np.ndarray) -> np.ndarray:
+    """sigmoid(x) written into x (mask-sized arrays: avoids three full-size temporaries)."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    return np.reciprocal(x, out=x)
+
+
 def box_cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     cx, cy, w, h = np.moveaxis(boxes, -1, 0)
     return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], axis=-1)
@@ -40,14 +48,24 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of the last two axes, matching torch ``interpolate(mode="bilinear", align_corners=False)``."""
+    """Bilinear resize of the last two axes, as torch ``interpolate`` (bilinear, align_corners=False)."""
     x = np.asarray(x, dtype=np.float32)
     h_lo, h_hi, wh_lo, wh_hi = _linear_taps(x.shape[-2], out_hw[0])
     w_lo, w_hi, ww_lo, ww_hi = _linear_taps(x.shape[-1], out_hw[1])
-    # Width first on the small input, then height: the same weighted sum as torch, fewer big
-    # temporaries. np.take is much faster than fancy indexing here.
-    cols = np.take(x, w_lo, axis=-1) * ww_lo + np.take(x, w_hi, axis=-1) * ww_hi
-    return np.take(cols, h_lo, axis=-2) * wh_lo[:, None] + np.take(cols, h_hi, axis=-2) * wh_hi[:, None]
+    # Width first on the small input, then height: the same weighted sums as torch. np.take and
+    # in-place products keep the full-size temporaries few (fancy indexing is several times slower).
+    cols = _weighted_sum(np.take(x, w_lo, axis=-1), ww_lo, np.take(x, w_hi, axis=-1), ww_hi)
+    return _weighted_sum(
+        np.take(cols, h_lo, axis=-2), wh_lo[:, None], np.take(cols, h_hi, axis=-2), wh_hi[:, None]
+    )
+
+
+def _weighted_sum(a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """a * wa + b * wb, computed in the buffers of a and b."""
+    a *= wa
+    b *= wb
+    a += b
+    return a
 
 
 def postprocess_grounding(
@@ -62,8 +80,8 @@ def postprocess_grounding(
 
     pred_logits (1, Q, 1), pred_boxes (1, Q, 4) normalised cx,cy,w,h, pred_masks (1, Q, h, w)
     logits, presence_logit (1, 1); image_hw = original (H, W).
-    Returns boxes_xyxy_px (N, 4), scores (N,), mask_probs (N, 1, H, W) float32 and masks (N, 1, H, W)
-    bool for the N queries whose score exceeds score_threshold, in query order.
+    Returns boxes_xyxy_px (N, 4), scores (N,), mask_probs (N, 1, H, W) float32 and
+    masks (N, 1, H, W) bool for the N queries whose score exceeds score_threshold, in query order.
     """
     pred_logits, pred_boxes, pred_masks, presence_logit = (
         np.asarray(a, dtype=np.float32) for a in (pred_logits, pred_boxes, pred_masks, presence_logit)
@@ -73,10 +91,10 @@ def postprocess_grounding(
     height, width = image_hw
     scale = np.array([width, height, width, height], dtype=np.float32)
     boxes = box_cxcywh_to_xyxy(pred_boxes[0, keep]) * scale
-    mask_probs = sigmoid(resize_bilinear(pred_masks[0, keep], (height, width)))[:, None]
+    mask_probs = _sigmoid_inplace(resize_bilinear(pred_masks[0, keep], (height, width)))[:, None]
     return {
         "boxes_xyxy_px": boxes.astype(np.float32),
         "scores": scores[keep],
-        "mask_probs": mask_probs.astype(np.float32),
+        "mask_probs": mask_probs,
         "masks": mask_probs > 0.5,
     }

@@ -51,12 +51,12 @@ def fill(key: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.asarray(x).astype(np_dtype)
 
 
-def iter_arrays(with_dead_trunk: bool = False) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, value) for every entry of the layout, in checkpoint order."""
+def iter_arrays(with_dead_trunk: bool = False, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    """(key, value) for every entry of the layout under `prefix`, in checkpoint order."""
     calibration = np.load(layout.data_path("bn_calibration.npz"))
     rope_tables = np.load(layout.data_path("rope_freqs_cis.npz")) if with_dead_trunk else None
     for e in layout.entries():
-        if e.dead and not with_dead_trunk:
+        if (e.dead and not with_dead_trunk) or not e.key.startswith(prefix):
             continue
         if e.flags == "bn_calibrated":
             yield e.key, calibration[e.key]
@@ -68,11 +68,8 @@ def iter_arrays(with_dead_trunk: bool = False) -> Iterator[tuple[str, np.ndarray
 
 def synthetic_state_dict(prefix: str | None = None, with_dead_trunk: bool = False) -> dict[str, torch.Tensor]:
     """The deterministic state dict; with `prefix`, only keys under it, prefix stripped."""
-    out = {}
-    for key, arr in iter_arrays(with_dead_trunk):
-        if prefix is None or key.startswith(prefix):
-            out[key[len(prefix or ""):]] = torch.from_numpy(arr)
-    return out
+    prefix = prefix or ""
+    return {key[len(prefix):]: torch.from_numpy(arr) for key, arr in iter_arrays(with_dead_trunk, prefix)}
 
 
 def write_default_checkpoint(path: str | os.PathLike, with_dead_trunk: bool = False,

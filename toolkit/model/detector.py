@@ -133,7 +133,8 @@ class Detector(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Prompt tokens = text tokens, then geometry tokens (boxes and a CLS token).
 
-        boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool (True = positive); none = text only.
+        boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool, True = positive;
+        None = text only.
         Returns prompt (77+N+1, B, 256) and prompt_mask (B, 77+N+1), True = padding.
         """
         image, image_pos = features["backbone_fpn"][-1], features["vision_pos_enc"][-1]
@@ -149,7 +150,11 @@ class Detector(nn.Module):
         return prompt, prompt_mask
 
     def fuse(
-        self, features: Features, prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None
+        self,
+        features: Features,
+        prompt: Tensor,
+        prompt_mask: Tensor,
+        record: Recorder | None = None,
     ) -> dict[str, Tensor]:
         """Fusion encoder -> {"memory" (5184,B,256), "pos_embed", "memory_text", ...}."""
         encoded = self.transformer.encoder(
@@ -160,17 +165,26 @@ class Detector(nn.Module):
         return encoded
 
     def decode(
-        self, encoded: dict[str, Tensor], prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None
+        self,
+        encoded: dict[str, Tensor],
+        prompt: Tensor,
+        prompt_mask: Tensor,
+        record: Recorder | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Decoder -> hs (6,200,B,256), reference boxes (6,200,B,4), presence logits (6,1,B),
         presence feats (1,B,256), seq-first. As upstream, it reads the prompt before the encoder."""
-        decoded = self.transformer.decoder(encoded["memory"], encoded["pos_embed"], prompt, prompt_mask)
+        decoder = self.transformer.decoder
+        decoded = decoder(encoded["memory"], encoded["pos_embed"], prompt, prompt_mask)
         if record is not None:
             record("08_decoder", stage_tensors(decoded))
         return decoded
 
-    def score(self, hs: Tensor, prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None) -> Tensor:
-        """hs (layers,B,Q,256) batch-first -> raw logits (layers,B,Q,1), before presence."""
+    def score(
+        self, hs: Tensor, prompt: Tensor, prompt_mask: Tensor, record: Recorder | None = None
+    ) -> Tensor:
+        """hs (layers,B,Q,256) batch-first -> raw logits (layers,B,Q,1), before presence.
+
+        Every layer is scored, as upstream does (stage 09); only the last one is an output."""
         logits = self.dot_prod_scoring(hs, prompt, prompt_mask)
         if record is not None:
             record("09_scoring", stage_tensors(logits))
@@ -185,8 +199,9 @@ class Detector(nn.Module):
         prompt_mask: Tensor,
         record: Recorder | None = None,
     ) -> dict[str, Tensor]:
-        """queries (B,Q,256) of the last layer -> pred_masks (B,Q,288,288), semantic_seg (B,1,288,288)."""
-        masks = self.segmentation_head(features["backbone_fpn"], queries, memory, prompt, prompt_mask)
+        """Last layer's queries (B,Q,256) -> pred_masks (B,Q,288,288), semantic_seg (B,1,288,288)."""
+        head = self.segmentation_head
+        masks = head(features["backbone_fpn"], queries, memory, prompt, prompt_mask)
         if record is not None:
             record("10_seg_head", stage_tensors(masks))
         return masks
@@ -209,7 +224,8 @@ class Detector(nn.Module):
         prompt, prompt_mask = self.encode_prompt(features, text, boxes, box_labels, record)
         encoded = self.fuse(features, prompt, prompt_mask, record)
         memory = encoded["memory"]
-        hs, reference_boxes, presence_logits, presence_feats = self.decode(encoded, prompt, prompt_mask, record)
+        decoded = self.decode(encoded, prompt, prompt_mask, record)
+        hs, reference_boxes, presence_logits, presence_feats = decoded
         hs = hs.transpose(1, 2)  # -> batch-first (layers, B, Q, C)
         queries = hs[-1]
 
@@ -238,10 +254,16 @@ class Detector(nn.Module):
         return out
 
     def forward(
-        self, image: Tensor, token_ids: Tensor, boxes: Tensor | None = None, box_labels: Tensor | None = None
+        self,
+        image: Tensor,
+        token_ids: Tensor,
+        boxes: Tensor | None = None,
+        box_labels: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """The whole detector in one graph: image (B,3,1008,1008) + ids (B,77) (+ boxes) -> grounding outputs."""
-        return self.forward_grounding(self.encode_image(image), self.encode_text(token_ids), boxes, box_labels)
+        """The whole detector in one graph: image (B,3,1008,1008) + ids (B,77) (+ boxes) ->
+        grounding outputs."""
+        features = self.encode_image(image)
+        return self.forward_grounding(features, self.encode_text(token_ids), boxes, box_labels)
 
 
 def detections(
@@ -250,7 +272,7 @@ def detections(
     score_threshold: float = 0.5,
     record: Recorder | None = None,
 ) -> dict[str, np.ndarray]:
-    """Grounding outputs (batch 1) -> detections at the original image size (see toolkit.postprocess)."""
+    """Grounding outputs (batch 1) -> detections at the original image size (toolkit.postprocess)."""
     arrays = {
         name: outputs[name].detach().cpu().numpy()
         for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec")

@@ -26,6 +26,8 @@ FEAT_SIZE = 72
 
 
 class FusionDecoderLayer(nn.Module):
+    """Post-norm block: self-attention, text cross-attention, image cross-attention, FFN."""
+
     def __init__(self, d_model: int = 256, num_heads: int = 8, ffn_dim: int = 2048):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, num_heads)
@@ -60,11 +62,12 @@ class FusionDecoderLayer(nn.Module):
 
 
 class FusionDecoder(nn.Module):
+    """Six decoder layers with box refinement, boxRPB and the presence token."""
+
     def __init__(self, d_model: int = 256, num_layers: int = 6, num_queries: int = 200,
                  num_heads: int = 8, ffn_dim: int = 2048, feat_size: int = FEAT_SIZE):
         super().__init__()
         self.d_model = d_model
-        self.num_heads = num_heads
         self.layers = nn.ModuleList(
             FusionDecoderLayer(d_model, num_heads, ffn_dim) for _ in range(num_layers)
         )
@@ -84,7 +87,8 @@ class FusionDecoder(nn.Module):
             persistent=False,
         )
 
-    def _log_distances(self, coords: Tensor, edges: Tensor) -> Tensor:
+    @staticmethod
+    def _log_distances(coords: Tensor, edges: Tensor) -> Tensor:
         """coords (S,), edges (B, Q, 2) -> (B, Q, S, 2) signed distances, log-compressed:
         d -> sign(8d) * log2(|8d| + 1) / 3, so +-1 maps to +-1."""
         deltas = (coords[:, None] - edges[:, :, None, :]) * 8

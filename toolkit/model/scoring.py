@@ -1,4 +1,4 @@
-"""Query classification by dot product with the pooled prompt (checkpoint prefix ``detector.dot_prod_scoring.``)."""
+"""Query scores: dot product with the pooled prompt (checkpoint ``detector.dot_prod_scoring.``)."""
 
 import math
 
@@ -16,16 +16,17 @@ class DotProductScoring(nn.Module):
 
     def __init__(self, d_model: int = 256, mlp_hidden_dim: int = 2048, logit_limit: float = 12.0):
         super().__init__()
-        self.prompt_mlp = MLP(d_model, mlp_hidden_dim, d_model, 2, residual=True, out_norm=nn.LayerNorm(d_model))
+        self.prompt_mlp = MLP(
+            d_model, mlp_hidden_dim, d_model, 2, residual=True, out_norm=nn.LayerNorm(d_model)
+        )
         self.prompt_proj = nn.Linear(d_model, d_model)
         self.hs_proj = nn.Linear(d_model, d_model)
         self.scale = 1.0 / math.sqrt(d_model)
         self.logit_limit = logit_limit
 
     def forward(self, hs: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """hs (layers, B, Q, C) batch-first queries, prompt (S, B, C) seq-first, prompt_mask (B, S) True = padding.
-
-        Returns logits (layers, B, Q, 1).
+        """hs (layers, B, Q, C) batch-first queries, prompt (S, B, C) seq-first,
+        prompt_mask (B, S) True = padding. Returns logits (layers, B, Q, 1).
         """
         prompt = self.prompt_mlp(prompt)
         valid = (~prompt_mask).to(prompt.dtype).transpose(0, 1).unsqueeze(-1)  # (S, B, 1)

@@ -73,7 +73,8 @@ class SegmentationHead(nn.Module):
         Returns pred_masks (B, Q, 288, 288) and semantic_seg (B, 1, 288, 288), both logits.
         """
         attended = self.cross_attend_prompt(
-            self.cross_attn_norm(memory), prompt, prompt, key_padding_mask=prompt_mask, need_weights=False
+            self.cross_attn_norm(memory), prompt, prompt, key_padding_mask=prompt_mask,
+            need_weights=False,
         )[0]
         memory = memory + attended
         coarsest = backbone_fpn[-1]

@@ -27,15 +27,23 @@ class Detections:
     query_indices: np.ndarray  # (N,) int64: which of the 200 queries each object is
 
 
+def check_prompt(prompt: str, boxes_xyxy, image_hw: tuple[int, int]) -> None:
+    """Reject an empty text prompt and boxes that are empty or leave the image."""
+    if not prompt.strip():
+        raise ToolkitError("the text prompt is empty")
+    height, width = image_hw
+    for x0, y0, x1, y1 in boxes_xyxy:
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ToolkitError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
+                               f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
+
+
 def boxes_px_to_prompt(boxes_xyxy: list[tuple[float, float, float, float]], image_hw: tuple[int, int],
                        positive: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel x0,y0,x1,y1 boxes -> the detector's (N,1,4) normalised cx,cy,w,h and (N,1) labels."""
     height, width = image_hw
     rows = []
     for x0, y0, x1, y1 in boxes_xyxy:
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise ToolkitError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
-                               f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
         rows.append([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height])
     boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 1, 4)
     labels = torch.tensor(positive, dtype=torch.bool).reshape(-1, 1)
@@ -51,10 +59,11 @@ class ImageSegmenter:
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray, prompt: str, boxes_xyxy_px=(), box_positive=None,
-                 threshold: float = 0.5, record: Recorder | None = None) -> Detections:
-        if not prompt.strip():
-            raise ToolkitError("the text prompt is empty")
+                 threshold: float = 0.5, max_objects: int | None = None,
+                 record: Recorder | None = None) -> Detections:
+        """Detections with score > threshold in query order; with `max_objects`, only the best ones."""
         image_hw = rgb.shape[:2]
+        check_prompt(prompt, boxes_xyxy_px, image_hw)
         boxes = labels = None
         if len(boxes_xyxy_px):
             positive = list(box_positive) if box_positive is not None else [True] * len(boxes_xyxy_px)
@@ -63,9 +72,11 @@ class ImageSegmenter:
         text = self.detector.encode_text(self.tokenizer(prompt), record)
         outputs = self.detector.forward_grounding(features, text, boxes, labels, record)
         found = detections(outputs, image_hw, threshold, record)
-        scores_all = torch.sigmoid(outputs["pred_logits"][0, :, 0]) * torch.sigmoid(outputs["presence_logit_dec"][0, 0])
+        keep = np.arange(len(found["scores"]))
+        if max_objects is not None and len(keep) > max_objects:
+            keep = np.sort(np.argsort(-found["scores"], kind="stable")[:max_objects])
         return Detections(
-            boxes_xyxy_px=found["boxes_xyxy_px"], scores=found["scores"],
-            masks=found["masks"][:, 0], mask_probs=found["mask_probs"][:, 0],
-            query_indices=np.flatnonzero(scores_all.numpy() > threshold),
+            boxes_xyxy_px=found["boxes_xyxy_px"][keep], scores=found["scores"][keep],
+            masks=found["masks"][keep, 0], mask_probs=found["mask_probs"][keep, 0],
+            query_indices=found["query_indices"][keep],
         )

@@ -11,7 +11,6 @@ class StageDump:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.stages: list[str] = []
 
     def __call__(self, stage: str, tensors: dict) -> None:
