@@ -127,3 +127,26 @@ def compare_dump(dump: Mapping[str, Mapping[str, object]], case: str) -> list[di
                 continue
             results.append({"stage": stage, **compare_tensor(stage, name, dump[suffix][name], stored)})
     return results
+
+
+def compare_tracker_dump(dump: Mapping[str, Mapping[str, object]]) -> list[dict]:
+    """Compare a `toolkit track --save-intermediates` dump of the golden clip with the golden.
+
+    Stage `S` of the dump is golden stage `trk_S` (e.g. `f1_propagate__05_memory_attention`); golden
+    tracker stages the dump lacks are reported as failures too.
+    """
+    results = []
+    for stage in manifest()["stages"]:
+        if not stage.startswith("trk_"):
+            continue
+        name = stage[len("trk_"):]
+        if name not in dump:
+            results.append({"ok": False, "stage": stage, "message": f"{stage}: not in the dump"})
+            continue
+        stored = load_stage(stage)
+        for tensor in manifest()["stages"][stage]["tensors"]:
+            if tensor not in dump[name]:
+                results.append({"ok": False, "stage": stage, "message": f"{stage}:{tensor}: not in the dump"})
+                continue
+            results.append({"stage": stage, **compare_tensor(stage, tensor, dump[name][tensor], stored)})
+    return results

@@ -80,8 +80,9 @@ def postprocess_grounding(
 
     pred_logits (1, Q, 1), pred_boxes (1, Q, 4) normalised cx,cy,w,h, pred_masks (1, Q, h, w)
     logits, presence_logit (1, 1); image_hw = original (H, W).
-    Returns boxes_xyxy_px (N, 4), scores (N,), mask_probs (N, 1, H, W) float32 and
-    masks (N, 1, H, W) bool for the N queries whose score exceeds score_threshold, in query order.
+    Returns boxes_xyxy_px (N, 4), scores (N,), mask_probs (N, 1, H, W) float32,
+    masks (N, 1, H, W) bool and query_indices (N,) for the N queries whose score exceeds
+    score_threshold, in query order.
     """
     pred_logits, pred_boxes, pred_masks, presence_logit = (
         np.asarray(a, dtype=np.float32) for a in (pred_logits, pred_boxes, pred_masks, presence_logit)
@@ -97,4 +98,5 @@ def postprocess_grounding(
         "scores": scores[keep],
         "mask_probs": mask_probs,
         "masks": mask_probs > 0.5,
+        "query_indices": np.flatnonzero(keep),
     }

@@ -10,11 +10,13 @@ Checkpoint prefix ``detector.``. The stages run in this order (upstream ``Sam3Im
   decode         200 queries + presence token -> hs, boxes, presence logits
   score          dot product of every query with the pooled prompt
   segment        mask logits of every query (B,200,288,288) + semantic map
-  forward_grounding  fuse .. segment, combined into the outputs of ``Sam3Image.forward_grounding``
+  forward_grounding  encode_prompt .. segment, combined into the outputs of upstream's
+                     ``Sam3Image.forward_grounding``
+  detections     (module function) post-processing to pixel boxes, scores and masks (numpy)
 
 Every method takes an optional ``record(stage, tensors)`` callback. It receives the golden
 manifest's stage suffix (``"03_neck"``, ``"09_scoring"``, ...) and the tensors under the manifest's
-names (``"out.backbone_fpn.0"``, ...), so a caller can dump every stage boundary.
+names (``"out.backbone_fpn.0"``, ...), so a caller can dump every stage boundary (00-12).
 """
 
 from collections.abc import Callable, Iterator
@@ -37,7 +39,7 @@ from toolkit.postprocess import postprocess_grounding
 Recorder = Callable[[str, dict[str, Tensor | np.ndarray]], None]
 
 
-def stage_tensors(value, name: str = "out") -> dict[str, Tensor]:
+def stage_tensors(value, name: str = "out") -> dict[str, Tensor | np.ndarray]:
     """Name a stage's output as the manifest does: dict keys and tuple/list indices joined by dots."""
     if isinstance(value, dict):
         items = value.items()
@@ -83,6 +85,8 @@ class FusionTransformer(nn.Module):
 
 
 class Detector(nn.Module):
+    """All of ``detector.*``: both encoders, geometry encoder, fusion transformer and the heads."""
+
     def __init__(self):
         super().__init__()
         self.backbone = VisionLanguageBackbone()

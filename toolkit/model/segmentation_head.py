@@ -77,6 +77,7 @@ class SegmentationHead(nn.Module):
             need_weights=False,
         )[0]
         memory = memory + attended
+        # The prompt-conditioned memory replaces the coarsest FPN level (same grid), as upstream.
         coarsest = backbone_fpn[-1]
         memory_map = memory.permute(1, 2, 0).reshape(coarsest.shape)
         pixel_embed = self.pixel_decoder([*backbone_fpn[:-1], memory_map])
