@@ -118,3 +118,184 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
             "seconds": round(seconds, 3), "objects": objects,
         }, indent=2))
     return SegmentResult(str(out), label, objects, seconds)
+
+
+def load_video_tracker(checkpoint_path: str | Path | None = None,
+                       with_detector: bool = False) -> tuple["VideoTracker", str]:
+    """A VideoTracker with every `tracker.*` key and its vision backbone loaded strictly; with
+    `with_detector` (text prompts) the whole detector, whose vision backbone the tracker shares.
+    Returns (tracker, weights label). Without a checkpoint it uses the embedded default.
+    """
+    from .model.detector import Detector
+    from .model.tracker import TrackerModules
+    from .model.vision import VisionBackbone
+    from .pipeline.video import VideoTracker
+    from .weights import LABEL, synthetic_state_dict
+    backbone_prefix = "detector." if with_detector else "detector.backbone.vision_backbone."
+    if checkpoint_path is None:
+        tracker_state, backbone_state = synthetic_state_dict("tracker."), synthetic_state_dict(backbone_prefix)
+        label = f"embedded default checkpoint: {LABEL}"
+    else:
+        ckpt = checkpoint.load_checkpoint(checkpoint_path)
+        tracker_state, backbone_state = ckpt.with_prefix("tracker."), ckpt.with_prefix(backbone_prefix)
+        label = str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    tracker = TrackerModules()
+    tracker.load_state_dict(tracker_state, strict=True)
+    if with_detector:
+        detector = Detector()
+        detector.load_state_dict(backbone_state, strict=True)
+        return VideoTracker(detector.backbone.vision_backbone, tracker, detector), label
+    backbone = VisionBackbone()
+    backbone.load_state_dict(backbone_state, strict=True)
+    return VideoTracker(backbone, tracker), label
+
+
+@dataclass
+class TrackResult:
+    out_dir: str
+    weights_label: str
+    objects: list[dict]
+    num_frames: int
+    seconds: float
+
+
+# Pictures of a tracking run: GIF panels at most this wide, at most this many GIF frames, and
+# this many panels (evenly spaced frames) in the strip.
+PANEL_WIDTH, GIF_MAX_FRAMES, STRIP_FRAMES = 480, 300, 8
+
+
+def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | None = None,
+          points: list[tuple[float, float]] = (), negative_points: list[tuple[float, float]] = (),
+          box: tuple[float, float, float, float] | None = None, text: str | None = None, frame: int = 0,
+          threshold: float = 0.5, save_intermediates: str | Path | None = None, force: bool = False,
+          progress=lambda message: None) -> TrackResult:
+    """`toolkit track`: prompt frame `frame` (clicks / a box: one object; a text: every object the
+    detector finds there), follow the objects through all frames, and write under `out` the mask
+    PNGs (masks/obj_<id>/<frame>.png), overlay_strip.png, overlay.gif and tracks.json."""
+    import json
+    import time
+    from contextlib import ExitStack
+
+    import numpy as np
+    from PIL import Image
+
+    from .outputs import fresh_output_dir
+    from .pipeline.intermediates import StageDump
+    from .pipeline.video import ClickPrompt, check_frame_index, open_frames
+
+    if text is not None and (points or negative_points or box is not None):
+        raise ToolkitError("give either a text --prompt or clicks / a box, not both")
+    if text is not None and not text.strip():
+        raise ToolkitError("the text prompt is empty")
+    if not 0.0 <= threshold < 1.0:
+        raise ToolkitError(f"--threshold must be in [0, 1), got {threshold}")
+    source = open_frames(frames)
+    check_frame_index(source, frame)
+    if text is None:
+        prompt = ClickPrompt(tuple(points) + tuple(negative_points),
+                             (1,) * len(points) + (0,) * len(negative_points), box)
+        prompt.check(source.size_hw)
+    else:
+        prompt = text
+    height, width = source.size_hw
+    with ExitStack() as stack:
+        tmp = stack.enter_context(fresh_output_dir(out, force))
+        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
+            if save_intermediates else None
+        progress("loading the model")
+        tracker, label = load_video_tracker(checkpoint_path, with_detector=text is not None)
+        start = time.perf_counter()
+        progress(f"prompting frame {frame} of {source.path}")
+        session = tracker.prompt(source, frame, prompt, threshold, record)
+        ids = [o.id for o in session.objects]
+        for oid in ids:
+            (tmp / "masks" / f"obj_{oid:02d}").mkdir(parents=True)
+        pictured = set(np.linspace(0, len(source) - 1, min(len(source), GIF_MAX_FRAMES)).round().astype(int))
+        panels, per_frame = {}, []
+        for done, result in enumerate(session.propagate(), 1):
+            t = result.index
+            progress(f"frame {t} ({done}/{len(source)})")
+            entries = []
+            for oid, mask, logit in zip(ids, result.masks, result.object_score_logits):
+                name = f"masks/obj_{oid:02d}/{t:05d}.png"
+                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp / name)
+                entries.append({"id": oid, "score_logit": round(float(logit), 4),
+                                "score": round(float(1 / (1 + np.exp(-logit))), 4), "present": bool(logit > 0),
+                                "mask": name, "mask_area_px": int(mask.sum())})
+            per_frame.append({"index": t, "source": source.names[t], "objects": entries})
+            if t in pictured:
+                marks = prompt if t == frame and text is None else None
+                panels[t] = _track_panel(source.rgb(t), result.masks, result.object_score_logits, ids,
+                                         f"frame {t}", marks)
+        seconds = time.perf_counter() - start
+        per_frame.sort(key=lambda f: f["index"])
+        caption = (f"{len(ids)} object(s), prompt on frame {frame}"
+                   + ("; embedded default weights (untrained)" if checkpoint_path is None else ""))
+        _strip([panels[t] for t in sorted(panels)], caption).save(tmp / "overlay_strip.png")
+        gif = [panels[t] for t in sorted(panels)]
+        duration = round(1000 / source.fps) if source.fps else 250
+        gif[0].save(tmp / "overlay.gif", save_all=True, append_images=gif[1:], duration=duration, loop=0)
+        objects = [{"id": o.id, "detection_score": o.detection_score,
+                    "box_xyxy_px": None if o.box_xyxy_px is None else [round(v, 3) for v in o.box_xyxy_px]}
+                   for o in session.objects]
+        (tmp / "tracks.json").write_text(json.dumps({
+            "frames": str(frames), "num_frames": len(source), "frame_size_wh": [width, height],
+            "prompt": {"frame": frame, "points_px": [list(p) for p in points],
+                       "negative_points_px": [list(p) for p in negative_points],
+                       "box_xyxy_px": list(box) if box is not None else None, "text": text,
+                       "threshold": threshold if text is not None else None},
+            "weights": label, "seconds": round(seconds, 3),
+            "seconds_per_frame": round(seconds / len(source), 3), "objects": objects, "per_frame": per_frame,
+        }, indent=2))
+    return TrackResult(str(out), label, objects, len(source), seconds)
+
+
+def _track_panel(rgb, masks, score_logits, ids, caption, clicks=None):
+    """One frame, downscaled to PANEL_WIDTH: masks tinted and outlined, object scores, prompt marks."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from .visualize import palette
+
+    colours = palette(max(ids, default=0) + 1)
+    base = rgb.astype(np.float32)
+    for oid, mask in zip(ids, masks):
+        base[mask] = 0.5 * base[mask] + 0.5 * np.array(colours[oid], np.float32)
+        inner = mask.copy()
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        base[mask & ~inner] = colours[oid]
+    img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    scale = min(1.0, PANEL_WIDTH / img.width)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    if clicks is not None:
+        for (x, y), label in zip(clicks.points_xy, clicks.labels):
+            x, y = x * scale, y * scale
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(0, 220, 0) if label else (230, 0, 0),
+                         outline=(255, 255, 255))
+        if clicks.box_xyxy is not None:
+            draw.rectangle([v * scale for v in clicks.box_xyxy], outline=(0, 220, 0), width=2)
+    text = caption + "".join(f"  obj{oid}: {1 / (1 + np.exp(-s)):.2f}" for oid, s in zip(ids, score_logits))
+    draw.rectangle([0, 0, img.width, 14], fill=(0, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255))
+    return img
+
+
+def _strip(panels, caption):
+    """Up to STRIP_FRAMES evenly spaced panels in rows of four under a caption bar."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    picks = np.unique(np.linspace(0, len(panels) - 1, min(len(panels), STRIP_FRAMES)).round().astype(int))
+    chosen = [panels[i] for i in picks]
+    cols = min(4, len(chosen))
+    rows = -(-len(chosen) // cols)
+    w, h = chosen[0].size
+    strip = Image.new("RGB", (cols * w + (cols - 1) * 4, 18 + rows * h + (rows - 1) * 4), (255, 255, 255))
+    ImageDraw.Draw(strip).text((4, 3), caption, fill=(0, 0, 0))
+    for i, panel in enumerate(chosen):
+        strip.paste(panel, ((i % cols) * (w + 4), 18 + (i // cols) * (h + 4)))
+    return strip
