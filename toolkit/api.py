@@ -210,7 +210,7 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
         ids = [o.id for o in session.objects]
         for oid in ids:
             (tmp / "masks" / f"obj_{oid:02d}").mkdir(parents=True)
-        pictured = set(np.linspace(0, len(source) - 1, min(len(source), GIF_MAX_FRAMES)).round().astype(int))
+        pictured = set(np.linspace(0, len(source) - 1, min(len(source), GIF_MAX_FRAMES)).round().astype(int).tolist())
         panels, per_frame = {}, []
         for done, result in enumerate(session.propagate(), 1):
             t = result.index
@@ -251,7 +251,7 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
 
 
 def _track_panel(rgb, masks, score_logits, ids, caption, clicks=None):
-    """One frame, downscaled to PANEL_WIDTH: masks tinted and outlined, object scores, prompt marks."""
+    """One frame, downscaled to PANEL_WIDTH: masks tinted, object scores, prompt marks."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -261,12 +261,6 @@ def _track_panel(rgb, masks, score_logits, ids, caption, clicks=None):
     base = rgb.astype(np.float32)
     for oid, mask in zip(ids, masks):
         base[mask] = 0.5 * base[mask] + 0.5 * np.array(colours[oid], np.float32)
-        inner = mask.copy()
-        inner[1:] &= mask[:-1]
-        inner[:-1] &= mask[1:]
-        inner[:, 1:] &= mask[:, :-1]
-        inner[:, :-1] &= mask[:, 1:]
-        base[mask & ~inner] = colours[oid]
     img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     scale = min(1.0, PANEL_WIDTH / img.width)
     img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)

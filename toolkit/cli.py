@@ -43,6 +43,16 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def _point(text: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected x,y in pixels, got {text!r}")
+    return values
+
+
 def _progress(message: str) -> None:
     print(f"[toolkit] {message}", file=sys.stderr, flush=True)
 
@@ -57,6 +67,21 @@ def _segment(args) -> None:
     print(f"{len(result.objects)} objects with score > {args.threshold:g} in {result.seconds:.1f} s"
           + (": best " + ", ".join(f"{o['score']:.3f}" for o in top) if top else ""))
     print(f"wrote {result.out_dir}/ (overlay.png, detections.json, {len(result.objects)} mask PNGs)")
+    if args.save_intermediates:
+        print(f"stage dumps in {args.save_intermediates}/")
+
+
+def _track(args) -> None:
+    from .api import track
+    if args.prompt is None and not args.point and not args.box:
+        raise ToolkitError("no prompt: give --point (with optional --neg-point), --box or --prompt")
+    result = track(args.frames, args.out, args.checkpoint, args.point, args.neg_point, args.box, args.prompt,
+                   args.frame, args.threshold, args.save_intermediates, args.force, progress=_progress)
+    if args.checkpoint is None:
+        print(f"weights: {result.weights_label}")
+    print(f"tracked {len(result.objects)} object(s) through {result.num_frames} frames in {result.seconds:.1f} s "
+          f"({result.seconds / result.num_frames:.1f} s per frame)")
+    print(f"wrote {result.out_dir}/ (overlay_strip.png, overlay.gif, tracks.json, masks/obj_<id>/<frame>.png)")
     if args.save_intermediates:
         print(f"stage dumps in {args.save_intermediates}/")
 
@@ -94,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-intermediates", metavar="DIR", help="write every stage boundary as DIR/<stage>.npz")
     s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     s.set_defaults(func=_segment)
+
+    s = sub.add_parser("track", help="follow objects through video frames (clicks, a box or a text prompt)",
+                       description="Video object tracking with the PyTorch reference: prompt one frame, "
+                       "propagate to all frames (forward from the prompted frame, then backward).")
+    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
+    s.add_argument("--frames", required=True, metavar="DIR|VIDEO",
+                   help="folder of frame images (natural name order) or a video file")
+    s.add_argument("--point", action="append", type=_point, default=[], metavar="x,y",
+                   help="positive click in frame pixels (repeatable)")
+    s.add_argument("--neg-point", action="append", type=_point, default=[], metavar="x,y",
+                   help="negative click in frame pixels (repeatable)")
+    s.add_argument("--box", type=_box, metavar="x0,y0,x1,y1", help="box prompt in frame pixels")
+    s.add_argument("--prompt", metavar="TEXT", help="text prompt: track every object the detector finds on --frame")
+    s.add_argument("--frame", type=int, default=0, help="index of the prompted frame (default 0)")
+    s.add_argument("--threshold", type=float, default=0.5,
+                   help="detection score threshold for --prompt (default 0.5)")
+    s.add_argument("--out", required=True, help="output directory (masks, overlay_strip.png, overlay.gif, tracks.json)")
+    s.add_argument("--save-intermediates", metavar="DIR", help="write every tracker stage boundary as DIR/<stage>.npz")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_track)
     return p
 
 

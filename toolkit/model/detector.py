@@ -194,6 +194,14 @@ class Detector(nn.Module):
             record("09_scoring", stage_tensors(logits))
         return logits
 
+    def predict_boxes(self, queries: Tensor, reference_boxes: Tensor) -> Tensor:
+        """Last layer's queries (B,Q,256) and starting boxes (Q,B,4) -> boxes (B,Q,4) cx,cy,w,h.
+
+        The decoder refines boxes after every layer but returns each layer's starting box:
+        the last refinement is applied here, as upstream does."""
+        box_deltas = self.transformer.decoder.bbox_embed(queries)
+        return (inverse_sigmoid(reference_boxes.transpose(0, 1)) + box_deltas).sigmoid()
+
     def segment(
         self,
         features: Features,
@@ -237,10 +245,7 @@ class Detector(nn.Module):
         pred_logits = self.score(hs, prompt, prompt_mask, record)[-1]
         presence_logit = presence_logits[-1].transpose(0, 1)  # (B, 1)
 
-        # The decoder refines boxes after every layer but returns each layer's starting box:
-        # apply the last refinement here, as upstream does.
-        box_deltas = self.transformer.decoder.bbox_embed(queries)
-        pred_boxes = (inverse_sigmoid(reference_boxes[-1].transpose(0, 1)) + box_deltas).sigmoid()
+        pred_boxes = self.predict_boxes(queries, reference_boxes[-1])
 
         masks = self.segment(features, queries, memory, prompt, prompt_mask, record)
         out = {
@@ -290,5 +295,6 @@ def detections(
         score_threshold,
     )
     if record is not None:
-        record("12_postprocess", stage_tensors(found))
+        # query_indices is ours (which queries were kept); the stage holds upstream's outputs.
+        record("12_postprocess", stage_tensors({k: v for k, v in found.items() if k != "query_indices"}))
     return found

@@ -124,7 +124,7 @@ class VideoFile(Frames):
                         raise ToolkitError(f"video {path} needs more than {MAX_VIDEO_BYTES / 2**30:.0f} GiB "
                                            "decoded; extract its frames to a folder and pass the folder")
         except av.FFmpegError as err:
-            raise ToolkitError(f"cannot read video {path}: {str(err).splitlines()[0]}") from err
+            raise ToolkitError(f"cannot read video {path}: {err.strerror or err}") from err
         if not self.frames:
             raise ToolkitError(f"cannot read video {path}: no frames decoded")
         self.names = [f"{i:05d}" for i in range(len(self.frames))]
@@ -255,7 +255,7 @@ def _non_overlapping(masks: Tensor) -> Tensor:
 
 def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_MASK_IOU) -> np.ndarray:
     """Indices (ascending) kept by greedy NMS on the mask IoU of bool masks (N, h, w)."""
-    flat = masks.reshape(len(masks), -1).astype(np.float32)
+    flat = masks.reshape(masks.shape[0], int(np.prod(masks.shape[1:]))).astype(np.float32)
     inter = flat @ flat.T
     area = flat.sum(1)
     iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)

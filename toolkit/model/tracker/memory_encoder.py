@@ -22,14 +22,16 @@ MASK_SCALE = 20.0
 MASK_BIAS = -10.0
 
 
-def mask_logits_to_memory_input(mask_logits: Tensor, mask_from_points: bool) -> Tensor:
+def mask_logits_to_memory_input(mask_logits: Tensor, mask_from_points: bool | Tensor) -> Tensor:
     """High-res mask logits (B,1,1008,1008) -> memory-encoder mask input, values in [-10, 10].
 
     On frames whose mask comes from user points (the prompted frames, encoded at the start of
     propagation) the mask is binarised at logit 0; on tracked frames the sigmoid probability
-    is used. Either way the result is scaled by 20 and shifted by -10.
+    is used. Either way the result is scaled by 20 and shifted by -10. The choice may be a bool
+    tensor (an exported graph takes it as an input): both are computed and it selects one.
     """
-    probs = (mask_logits > 0).float() if mask_from_points else torch.sigmoid(mask_logits)
+    chosen = torch.as_tensor(mask_from_points, device=mask_logits.device)
+    probs = torch.where(chosen, (mask_logits > 0).float(), torch.sigmoid(mask_logits))
     return probs * MASK_SCALE + MASK_BIAS
 
 

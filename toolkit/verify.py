@@ -1,0 +1,129 @@
+"""Verification: run runners on the same feeds and compare their outputs with the reference's.
+
+Per output: shape against the declared spec, max absolute error, error relative to the largest
+reference magnitude, and for mask-logit outputs the IoU of the thresholded masks (> 0) over all
+masks of the tensor. Bool and integer outputs must match exactly. A failure names the component,
+the artifact format, the input case and the tensor.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .components import Component
+from .runners import Runner
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass
+class TensorCheck:
+    case: str
+    tensor: str
+    max_abs: float
+    max_rel: float
+    iou: float | None
+    ok: bool
+    problem: str = ""
+
+
+@dataclass
+class Verification:
+    component: str
+    format: str
+    checks: list[TensorCheck] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def cases(self) -> list[str]:
+        return list(dict.fromkeys(c.case for c in self.checks))
+
+    def summary(self) -> dict:
+        ious = [c.iou for c in self.checks if c.iou is not None]
+        return {"ok": self.ok, "cases": self.cases,
+                "max_abs_error": max((c.max_abs for c in self.checks), default=None),
+                "max_rel_error": max((c.max_rel for c in self.checks), default=None),
+                "min_mask_iou": min(ious) if ious else None, "failures": self.failures}
+
+
+def cases(comp: Component, golden: Feeds | None, seed: int = 0) -> dict[str, Feeds]:
+    """The inputs an artifact is checked on: the golden-derived feeds, a typical random input, and
+    each dynamic dimension at its minimum and maximum (the others typical)."""
+    out = {"golden": golden} if golden is not None else {}
+    out["typical"] = comp.example(seed=seed)
+    for dim in comp.dims():
+        for value in (dim.min, dim.max):
+            out[f"{dim.name}={value}"] = comp.example({dim.name: value}, seed=seed + 1)
+    return out
+
+
+def run_cases(runner: Runner, inputs: Mapping[str, Feeds]) -> dict[str, Feeds | Exception]:
+    """Outputs per case; a case whose run raises keeps the exception (reported, not raised)."""
+    results: dict[str, Feeds | Exception] = {}
+    for name, feeds in inputs.items():
+        try:
+            results[name] = runner.infer(feeds)
+        except Exception as e:  # noqa: BLE001 - any backend error is a verification failure
+            results[name] = e
+    return results
+
+
+def _iou(ref: np.ndarray, got: np.ndarray) -> float:
+    a, b = ref > 0, got > 0
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def compare_tensor(case: str, name: str, ref: np.ndarray, got: np.ndarray, shape: tuple[int, ...],
+                   comp: Component) -> TensorCheck:
+    if tuple(got.shape) != tuple(shape) or got.shape != ref.shape:
+        return TensorCheck(case, name, np.inf, np.inf, None, False,
+                           f"shape {tuple(got.shape)}, expected {tuple(shape)} (reference {tuple(ref.shape)})")
+    if ref.dtype == bool or np.issubdtype(ref.dtype, np.integer):
+        wrong = int((ref != got).sum())
+        return TensorCheck(case, name, float(wrong > 0), float(wrong > 0), None, wrong == 0,
+                           f"{wrong} of {ref.size} values differ" if wrong else "")
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    if not np.isfinite(got64).all() and not np.array_equal(np.isfinite(got64), np.isfinite(ref64)):
+        return TensorCheck(case, name, np.inf, np.inf, None, False, "non-finite values the reference lacks")
+    scale = float(np.abs(ref64).max()) if ref.size else 0.0
+    max_abs = float(np.abs(got64 - ref64).max()) if ref.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else max_abs
+    tol = comp.tolerance
+    allowed = tol.atol + tol.rtol * scale
+    problems = []
+    if max_abs > allowed:
+        problems.append(f"max abs error {max_abs:.3g} > {allowed:.3g} (atol {tol.atol:g} + rtol {tol.rtol:g} "
+                        f"x max|ref| {scale:.3g})")
+    iou = _iou(ref, got) if name in comp.masks else None
+    if iou is not None and iou < tol.mask_iou:
+        problems.append(f"mask IoU {iou:.4f} < {tol.mask_iou}")
+    return TensorCheck(case, name, max_abs, max_rel, iou, not problems, "; ".join(problems))
+
+
+def compare(comp: Component, fmt: str, inputs: Mapping[str, Feeds], reference: Mapping[str, Feeds],
+            candidate: Mapping[str, Feeds | Exception]) -> Verification:
+    result = Verification(comp.name, fmt)
+    for case, feeds in inputs.items():
+        got = candidate[case]
+        if isinstance(got, Exception):
+            result.failures.append(f"{comp.name} [{fmt}] case '{case}': the runner failed: "
+                                   f"{type(got).__name__}: {str(got).strip().splitlines()[0] if str(got).strip() else ''}")
+            continue
+        shapes = comp.output_shapes(feeds)
+        for name in comp.output_names:
+            if name not in got:
+                result.failures.append(f"{comp.name} [{fmt}] case '{case}': output '{name}' is missing")
+                continue
+            check = compare_tensor(case, name, reference[case][name], got[name], shapes[name], comp)
+            result.checks.append(check)
+            if not check.ok:
+                result.failures.append(f"{comp.name} [{fmt}] case '{case}': output '{name}': {check.problem}")
+    return result
+
