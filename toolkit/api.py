@@ -183,6 +183,8 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
     from .pipeline.intermediates import StageDump
     from .pipeline.video import ClickPrompt, check_frame_index, open_frames
 
+    if text is None and not points and box is None:
+        raise ToolkitError("no prompt: give --point (optionally with --neg-point), --box or --prompt")
     if text is not None and (points or negative_points or box is not None):
         raise ToolkitError("give either a text --prompt or clicks / a box, not both")
     if text is not None and not text.strip():
@@ -293,3 +295,66 @@ def _strip(panels, caption):
     for i, panel in enumerate(chosen):
         strip.paste(panel, ((i % cols) * (w + 4), 18 + (i // cols) * (h + 4)))
     return strip
+
+
+def export(out: str | Path, checkpoint_path: str | Path | None = None, components: list[str] | None = None,
+           formats: list[str] = ("onnx", "ptl"), force: bool = False, progress=lambda message: None):
+    """`toolkit export`: components to ONNX / TorchScript lite under `out`, each verified; returns the
+    `toolkit.export.ExportReport` (also written to `out/export_report.json`)."""
+    from .export import check_selection, run_export
+    from .weights import LABEL, synthetic_state_dict
+    components = check_selection(components, formats)
+    progress("loading the weights")
+    if checkpoint_path is None:
+        state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
+    else:
+        ckpt = checkpoint.load_checkpoint(checkpoint_path)
+        state, label = ckpt.state_dict, str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    return run_export(out, state, label, components, formats, force, progress)
+
+
+@dataclass
+class BenchResult:
+    out_dir: str
+    results: dict  # the `toolkit.bench/1` document (also out_dir/results.json)
+    files: list[str]
+
+
+def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts: str | Path | None = None,
+          device: str = "local", components: list[str] | None = None, runners: list[str] | None = None,
+          scenarios: list[str] | None = None, threads: int | None = None, repeats: int | None = None,
+          quick: bool = False, force: bool = False, progress=lambda message: None) -> BenchResult:
+    """`toolkit bench`: latency percentiles, peak memory, FLOPs per component x runner, and the end-to-end
+    scenarios, on `device`; writes results.json, results.md and PNG plots under `out`."""
+    from .bench import BenchConfig, run_bench
+    from .bench import report as bench_report
+    from .bench.backends import RUNNER_KINDS
+    from .bench.scenarios import SCENARIOS
+    from .components import COMPONENTS
+    from .outputs import fresh_output_dir
+
+    components = list(COMPONENTS) if components is None else list(components)
+    runners = list(RUNNER_KINDS) if runners is None else list(runners)
+    scenarios = list(SCENARIOS) if scenarios is None else list(scenarios)
+    for what, names, known in (("components", components, COMPONENTS), ("runners", runners, RUNNER_KINDS),
+                               ("scenarios", scenarios, SCENARIOS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ToolkitError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    if repeats is not None and repeats < 1:
+        raise ToolkitError(f"--repeats must be at least 1, got {repeats}")
+    if artifacts is not None and not Path(artifacts).is_dir():
+        raise ToolkitError(f"--artifacts {artifacts} is not a directory")
+    if checkpoint_path is not None:
+        checkpoint.load_checkpoint(checkpoint_path)  # fail here, not on the device
+    config = BenchConfig(components, runners, scenarios, threads=threads, quick=quick,
+                         checkpoint=str(checkpoint_path) if checkpoint_path else None,
+                         artifacts=str(Path(artifacts).resolve()) if artifacts else None)
+    if repeats is not None:
+        config.repeats = repeats
+    with fresh_output_dir(out, force) as tmp:
+        results = run_bench(config, device, progress)
+        files = bench_report.write(results, tmp)
+    return BenchResult(str(out), results, [str(Path(out) / f.name) for f in files])

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .model.detector import Detector
 from .model.tracker import TrackerModules
-from .spec import DIMS, Dim, TensorSpec
+from .spec import DIMS, Dim, TensorSpec, linear_form
 
 GRID = 72  # 1008 / 14: the image token grid of both the detector and the tracker
 IMAGE_SIZE = 1008
@@ -45,12 +45,15 @@ DEFAULT_OPSET = 20  # first opset with a Gelu op (opset 18 splits it into Erf/Di
 
 @dataclass(frozen=True)
 class Tolerance:
-    """An artifact passes when, for every output, max|got - ref| <= atol + rtol * max|ref|,
-    and, for mask-logit outputs, the IoU of (got > 0) and (ref > 0) is at least `mask_iou`."""
+    """An artifact passes when, for every output, |got - ref| <= atol + rtol * max|ref| holds for all
+    but a fraction `outliers` of the elements, and, for mask-logit outputs, the IoU of (got > 0) and
+    (ref > 0) is at least `mask_iou`. `outliers` stays 0 except where a graph thresholds a value:
+    there a value within float error of the threshold may land on either side in another runtime."""
 
     atol: float = 1e-4
     rtol: float = 1e-3
     mask_iou: float = 0.99
+    outliers: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Component:
     masks: tuple[str, ...] = ()
     tolerance: Tolerance = Tolerance()
     onnx: OnnxStrategy = OnnxStrategy()
+    reparameterize: bool = False  # fold BatchNorms / RepVGG branches before export (the reference stays unfused)
 
     @property
     def input_names(self) -> list[str]:
@@ -93,8 +97,8 @@ class Component:
         names = dict.fromkeys(name for spec in self.inputs for name in spec.dims())
         return [DIMS[name] for name in names]
 
-    def dynamic_axes(self) -> dict[str, dict[int, Dim]]:
-        return {s.name: {axis: DIMS[d] for axis, d in s.dynamic_axes().items()} for s in self.inputs}
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {s.name: s.dynamic_axes() for s in self.inputs}
 
     def example(self, dims: Mapping[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """Random feeds at the given dimension values (typical values for the others)."""
@@ -106,8 +110,9 @@ class Component:
         """Expected output shapes for these feeds (dimension values read off the inputs)."""
         values = {}
         for spec in self.inputs:
-            for axis, name in spec.dynamic_axes().items():
-                values[name] = feeds[spec.name].shape[axis]
+            for axis, expr in spec.dynamic_axes().items():
+                name, scale, offset = linear_form(expr)
+                values[name] = (feeds[spec.name].shape[axis] - offset) // scale
         return {spec.name: spec.concrete(values) for spec in self.outputs}
 
     def declaration(self) -> dict:
@@ -118,6 +123,7 @@ class Component:
             "inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs],
             "dims": {d.name: [d.min, d.max, d.typical] for d in self.dims()},
             "masks": list(self.masks), "tolerance": vars(self.tolerance), "onnx": vars(self.onnx),
+            "reparameterize": self.reparameterize,
         }
 
     def check_graph_signature(self, graph: nn.Module) -> None:
@@ -165,6 +171,16 @@ def boxes_cxcywh(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray
 
 def pixel_points(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, IMAGE_SIZE, shape)
+
+
+def mask_blobs(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Smooth mask logits like a predicted mask: an ellipse per map, positive inside."""
+    *lead, height, width = shape
+    ys, xs = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij")
+    centre = rng.uniform(0.3, 0.7, (*lead, 1, 1, 2))
+    radius = rng.uniform(0.1, 0.3, (*lead, 1, 1, 2))
+    distance = ((xs - centre[..., 0]) / radius[..., 0]) ** 2 + ((ys - centre[..., 1]) / radius[..., 1]) ** 2
+    return 8.0 * (1.0 - distance)
 
 
 def _spec(name: str, shape: tuple, doc: str, dtype: str = "float32", **kw) -> TensorSpec:
@@ -366,6 +382,7 @@ COMPONENT_LIST: tuple[Component, ...] = (
                       range=(-1.0, 1.0)),),
         outputs=(_spec("backbone_features", (1, 1024, GRID, GRID), "trunk output, input of tracker_neck"),
                  _FPN[288], _FPN[144], _FPN[72], IMAGE_POS),
+        reparameterize=True,
     ),
     Component(
         "text_encoder", "MobileCLIP-S1 text tower + 512->256 projector, from token ids",
@@ -456,12 +473,17 @@ COMPONENT_LIST: tuple[Component, ...] = (
         "memory_encoder", "frame features + predicted mask -> 64-channel memory",
         ("tracker.maskmem_backbone.", "tracker.no_obj_embed_spatial"), MemoryEncoderGraph,
         inputs=(_spec("image_features", (1, 256, GRID, GRID), "tracker_features of the frame (not conditioned)"),
-                _spec("mask_logits", ("objects", 1, 288, 288), "chosen low-res mask logits"),
+                _spec("mask_logits", ("objects", 1, 288, 288), "chosen low-res mask logits", sampler=mask_blobs),
                 OBJECT_SCORE,
                 _spec("mask_from_points", (), "True: clicked frame (binarised mask); False: tracked (sigmoid)",
                       "bool")),
         outputs=(_spec("memory_features", ("objects", 64, GRID, GRID), "memory of this frame (upstream stores "
                        "it in bfloat16)"),),
+        # A clicked frame's mask is binarised after a 288 -> 1008 resize whose float rounding differs
+        # between runtimes (~1e-3): pixels that close to 0 flip and change the memory around them.
+        # Smooth masks flip almost none; the golden mask of the synthetic weights is noise-like and
+        # flips ~1.5% of the memory values (measured with ONNX Runtime).
+        tolerance=Tolerance(outliers=0.02),
     ),
     Component(
         "memory_attention", "4 RoPE layers: the frame attends to its memories and object pointers",
@@ -531,7 +553,7 @@ class _Chain:
         self.feeds[name] = {n: np.asarray(feeds[n]) for n in comp.input_names}
         with torch.inference_mode():
             out = self.graphs[name](*(torch.from_numpy(self.feeds[name][n]) for n in comp.input_names))
-        return {n: t.numpy() for n, t in zip(comp.output_names, out)}
+        return {n: t.detach().numpy() for n, t in zip(comp.output_names, out)}
 
 
 def golden_feeds(graphs: Mapping[str, nn.Module]) -> dict[str, dict[str, np.ndarray]]:

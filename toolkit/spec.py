@@ -64,6 +64,15 @@ def evaluate(expr: int | str, values: Mapping[str, int]) -> int:
     return total
 
 
+def linear_form(expr: str) -> tuple[str, int, int]:
+    """`expr` as (name, a, b) with expr = a * name + b; raises unless it has that form."""
+    names = dim_names(expr)
+    if len(set(names)) != 1:
+        raise ValueError(f"{expr!r} is not linear in one dimension")
+    offset = evaluate(expr, {names[0]: 0})
+    return names[0], evaluate(expr, {names[0]: 1}) - offset, offset
+
+
 def dim_names(expr: int | str) -> list[str]:
     """Dimension names an expression uses."""
     if isinstance(expr, int):
@@ -87,8 +96,8 @@ class TensorSpec:
         return [name for entry in self.shape for name in dim_names(entry)]
 
     def dynamic_axes(self) -> dict[int, str]:
-        """Axes that are a bare dimension name (what an exporter can mark dynamic)."""
-        return {axis: e for axis, e in enumerate(self.shape) if isinstance(e, str) and e in DIMS}
+        """Axes whose size is a dimension expression (what an exporter marks dynamic)."""
+        return {axis: e for axis, e in enumerate(self.shape) if isinstance(e, str)}
 
     def concrete(self, values: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(evaluate(e, values) for e in self.shape)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,13 @@ import onnxslim
 import torch
 from torch import nn
 
-from ..spec import Dim
+from ..spec import Dim, linear_form
 
 EXPORTERS = ("dynamo", "legacy")
+# onnxslim folds every constant subgraph by default; a folded result this large is stored in the file
+# (a decoder's 33 MB first-layer attention bias, one RoPE table copy per layer) and costs more in size
+# than it saves in time.
+FOLD_LIMIT_BYTES = 1 << 20
 
 
 @dataclass
@@ -34,22 +39,29 @@ class OnnxInfo:
     seconds: float
 
 
-def _dynamo(module, args, input_names, output_names, dynamic_axes, opset) -> onnx.ModelProto:
-    dims = {d.name: torch.export.Dim(d.name, min=d.min, max=d.max)
-            for axes in dynamic_axes.values() for d in axes.values()}
-    shapes = tuple({axis: dims[d.name] for axis, d in dynamic_axes.get(name, {}).items()} or None
+def _export_dim(expr: str, dims: Mapping[str, Dim], made: dict):
+    """A torch.export dimension for `expr` (a name, or linear in one name: a derived dimension)."""
+    name, scale, offset = linear_form(expr)
+    if name not in made:
+        made[name] = torch.export.Dim(name, min=dims[name].min, max=dims[name].max)
+    dim = made[name] if scale == 1 else scale * made[name]
+    return dim + offset if offset else dim
+
+
+def _dynamo(module, args, input_names, output_names, dynamic_axes, dims, opset) -> onnx.ModelProto:
+    made: dict = {}
+    shapes = tuple({axis: _export_dim(e, dims, made) for axis, e in dynamic_axes.get(name, {}).items()} or None
                    for name in input_names)
     program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
                                 opset_version=opset, dynamic_shapes=shapes, external_data=False, verbose=False)
     return program.model_proto
 
 
-def _legacy(module, args, input_names, output_names, dynamic_axes, opset) -> onnx.ModelProto:
+def _legacy(module, args, input_names, output_names, dynamic_axes, dims, opset) -> onnx.ModelProto:
     buffer = io.BytesIO()
     torch.onnx.export(module, args, buffer, dynamo=False, input_names=input_names, output_names=output_names,
                       opset_version=opset, do_constant_folding=True,
-                      dynamic_axes={name: {axis: d.name for axis, d in axes.items()}
-                                    for name, axes in dynamic_axes.items() if axes})
+                      dynamic_axes={name: axes for name, axes in dynamic_axes.items() if axes})
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -59,9 +71,12 @@ def check(model: onnx.ModelProto) -> None:
 
 
 def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-                output_names: list[str], dynamic_axes: dict[str, dict[int, Dim]], path: str | Path,
-                exporter: str, opset: int) -> OnnxInfo:
-    """Export `module` called with `args`, check, simplify, check again, save to `path` (one file)."""
+                output_names: list[str], dynamic_axes: dict[str, dict[int, str]], dims: Mapping[str, Dim],
+                path: str | Path, exporter: str, opset: int) -> OnnxInfo:
+    """Export `module` called with `args`, check, simplify, check again, save to `path` (one file).
+
+    `dynamic_axes` maps input names to {axis: dimension expression}; `dims` gives each dimension's range.
+    """
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; known: {EXPORTERS}")
     start = time.perf_counter()
@@ -70,9 +85,9 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
         warnings.simplefilter("ignore")
         with torch.no_grad():
             export = _dynamo if exporter == "dynamo" else _legacy
-            model = export(module.eval(), args, input_names, output_names, dynamic_axes, opset)
+            model = export(module.eval(), args, input_names, output_names, dynamic_axes, dims, opset)
         check(model)
-        model = onnxslim.slim(model)
+        model = onnxslim.slim(model, size_threshold=FOLD_LIMIT_BYTES)
     check(model)
     onnx.save(model, str(path))
     opset_used = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -116,12 +116,11 @@ class MemoryBank(Generic[Payload]):
         return plan_memory(frame, list(self.conditioning), self.quality, self.num_frames, reverse)
 
 
-def select_conditioning(frame: int, cond_frames: Sequence[int],
-                        max_frames: int = MAX_COND_FRAMES) -> tuple[list[int], list[int]]:
-    """(selected, unselected) conditioning frames: all if at most `max_frames`, else the closest
-    one before `frame`, the closest at or after it, then the others by distance."""
+def select_conditioning(frame: int, cond_frames: Sequence[int], max_frames: int = MAX_COND_FRAMES) -> list[int]:
+    """The conditioning frames attended to: all if at most `max_frames`, else the closest one
+    before `frame`, the closest at or after it, then the others by distance."""
     if len(cond_frames) <= max_frames:
-        return list(cond_frames), []
+        return list(cond_frames)
     selected = []
     before = [t for t in cond_frames if t < frame]
     after = [t for t in cond_frames if t >= frame]
@@ -130,8 +129,7 @@ def select_conditioning(frame: int, cond_frames: Sequence[int],
     if after:
         selected.append(min(after))
     rest = sorted((t for t in cond_frames if t not in selected), key=lambda t: abs(t - frame))
-    selected += rest[:max_frames - len(selected)]
-    return selected, [t for t in cond_frames if t not in selected]
+    return selected + rest[:max_frames - len(selected)]
 
 
 def candidate_frames(frame: int, quality: Mapping[int, float], num_frames: int, reverse: bool) -> list[int]:
@@ -163,11 +161,13 @@ def plan_memory(frame: int, cond_frames: Sequence[int], quality: Mapping[int, fl
     """The memory plan of a tracked frame (see `MemoryBank.plan`).
 
     `cond_frames` in the bank's order; `quality` maps every stored tracked frame to its quality.
-    A planned frame that is neither tracked nor an unselected conditioning frame is skipped
-    (e.g. the neighbouring frame when it is the prompted frame).
+    A candidate that is not a tracked frame (the neighbouring frame when it is a conditioning
+    frame, or not tracked yet) is skipped. (Upstream would also accept an unselected
+    conditioning frame there, but the neighbour is always the closest conditioning frame on
+    its side, hence selected.)
     """
-    selected, unselected = select_conditioning(frame, cond_frames)
-    stored = set(quality) | set(unselected)
+    selected = select_conditioning(frame, cond_frames)
+    stored = set(quality)
     candidates = candidate_frames(frame, quality, num_frames, reverse)
 
     spatial = [SpatialMemory(t, NUM_MASKMEM - 1) for t in selected]

@@ -41,7 +41,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_VIDEO_BYTES = 4 * 2**30
 MAX_PROMPT_POINTS = 16  # upstream's prompt-encoder limit (a box counts as two points)
 LOW_RES = 288  # SAM mask logits grid
-MEM_GRID = 72
 # Text prompts: detections above the score threshold, de-duplicated by mask NMS (upstream's
 # video model: det_nms_thresh=0.1 on the binarised 288x288 masks).
 NMS_MASK_IOU = 0.1
@@ -164,8 +163,8 @@ class ClickPrompt:
 
     def check(self, size_hw: tuple[int, int]) -> None:
         height, width = size_hw
-        if not self.points_xy and self.box_xyxy is None:
-            raise ToolkitError("no prompt: give --point, --box or --prompt")
+        if 1 not in self.labels and self.box_xyxy is None:
+            raise ToolkitError("a click prompt needs a positive point or a box")
         for x, y in self.points_xy:
             if not (0 <= x <= width and 0 <= y <= height):
                 raise ToolkitError(f"point {x:g},{y:g} is outside the {width}x{height} frame (x,y in pixels)")
@@ -219,13 +218,12 @@ class FrameResult:
 
 @dataclass
 class Memory:
-    """What the bank stores per frame for all objects tracked together (batch B)."""
+    """What the bank stores per frame for all objects tracked together (batch B): about 0.65 MB
+    per frame and object. (The memory position encoding is the same for every frame: the
+    session keeps one copy.)"""
 
     features: Tensor  # (B,64,72,72) bfloat16, as upstream stores it
-    pos: Tensor  # (B,64,72,72)
     obj_ptr: Tensor  # (B,256)
-    object_score_logits: Tensor  # (B,1)
-    low_res_masks: Tensor  # (B,1,288,288) logits: the frame's output
 
 
 @dataclass
@@ -291,6 +289,8 @@ class TrackingSession:
     prompt_frame: int
     objects: list[TrackedObject]
     bank: MemoryBank[Memory]
+    memory_pos: Tensor | None = None  # (B,64,72,72) position encoding of every spatial memory
+    prompt_output: tuple[Tensor, Tensor] | None = None  # prompt frame: low-res logits, object scores
     record: Recorder | None = None
 
     def propagate(self) -> Iterator[FrameResult]:
@@ -336,17 +336,24 @@ class VideoTracker:
             })
         return FrameFeatures(fpn[2], pos[2], feat_s0, feat_s1), det_features
 
+    @contextmanager
+    def _recording_sam_heads(self, stage: str, record: Recorder | None):
+        """Record the prompt encoder, mask decoder and object-pointer projection as `stage`'s 02-04."""
+        trk = self.tracker
+        with ExitStack() as stack:
+            for module, part, name in (
+                (trk.sam_prompt_encoder, "02_sam_prompt_encoder", stage_tensors),
+                (trk.sam_mask_decoder, "03_sam_mask_decoder", stage_tensors),
+                (trk.obj_ptr_proj, "04_obj_ptr_proj", lambda out: {"out": out}),
+            ):
+                stack.enter_context(_recording(module, record, f"{stage}__{part}", name))
+            yield
+
     def sam_heads(self, pix_feat: Tensor, feats: FrameFeatures, points: Tensor, labels: Tensor,
                   stage: str, record: Recorder | None) -> dict[str, Tensor]:
         """SAM decode of batch B; multimask choice by the number of prompt points."""
         trk = self.tracker
-        with ExitStack() as stack:
-            stack.enter_context(_recording(trk.sam_prompt_encoder, record, f"{stage}__02_sam_prompt_encoder",
-                                           stage_tensors))
-            stack.enter_context(_recording(trk.sam_mask_decoder, record, f"{stage}__03_sam_mask_decoder",
-                                           stage_tensors))
-            stack.enter_context(_recording(trk.obj_ptr_proj, record, f"{stage}__04_obj_ptr_proj",
-                                           lambda out: {"out": out}))
+        with self._recording_sam_heads(stage, record):
             valid = int((labels[0] >= 0).sum())
             return trk.sam_heads(pix_feat, feats.feat_s0, feats.feat_s1, points, labels,
                                  multimask_output=use_multimask(valid))
@@ -366,13 +373,7 @@ class VideoTracker:
         dense_prompt = F.interpolate(trk.mask_downsample(mask), size=(LOW_RES, LOW_RES), mode="bilinear",
                                      align_corners=False, antialias=True)
         no_click = torch.zeros(b, 1, 2), -torch.ones(b, 1, dtype=torch.int32)
-        with ExitStack() as stack:
-            stack.enter_context(_recording(trk.sam_prompt_encoder, record, f"{stage}__02_sam_prompt_encoder",
-                                           stage_tensors))
-            stack.enter_context(_recording(trk.sam_mask_decoder, record, f"{stage}__03_sam_mask_decoder",
-                                           stage_tensors))
-            stack.enter_context(_recording(trk.obj_ptr_proj, record, f"{stage}__04_obj_ptr_proj",
-                                           lambda out: {"out": out}))
+        with self._recording_sam_heads(stage, record):
             sparse, dense = trk.sam_prompt_encoder(*no_click, mask=dense_prompt)
             _, _, tokens, decoder_score = trk.sam_mask_decoder(
                 feats.vision, trk.sam_prompt_encoder.dense_pe(), sparse, dense, feats.feat_s0, feats.feat_s1, False)
@@ -384,12 +385,12 @@ class VideoTracker:
             "object_score_logits": MASK_LOGIT_SCALE * present + MASK_LOGIT_BIAS,
         }
 
-    def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory]) -> tuple[Tensor, ...]:
-        """Planned memories -> (memory, memory_pos, pointer tokens, pointer pos), sequence-first."""
+    def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory], pos: Tensor) -> tuple[Tensor, ...]:
+        """Planned memories + the memory position encoding `pos` (B,64,72,72) ->
+        (memory, memory_pos, pointer tokens, pointer pos), sequence-first."""
         trk = self.tracker
-        spatial = [(bank.payload(m.frame), m.tpos_index) for m in plan.spatial]
-        memory = torch.cat([_seq(mem.features.float()) for mem, _ in spatial])
-        memory_pos = torch.cat([_seq(mem.pos) + trk.maskmem_tpos_enc[i] for mem, i in spatial])
+        memory = torch.cat([_seq(bank.payload(m.frame).features.float()) for m in plan.spatial])
+        memory_pos = torch.cat([_seq(pos) + trk.maskmem_tpos_enc[m.tpos_index] for m in plan.spatial])
         ptrs = torch.stack([bank.payload(p.frame).obj_ptr for p in plan.pointers])
         distances = torch.tensor([p.distance for p in plan.pointers])
         tokens, tokens_pos = trk.pointer_tokens(ptrs, distances, plan.max_ptr_distance)
@@ -443,7 +444,7 @@ class VideoTracker:
             det_record = (lambda name, tensors: record(f"f{frame}_detect__{name}", tensors)) if record else None
             objects, masks = self._detect(det_features, prompt, size_hw, threshold, det_record)
             if not objects:
-                return TrackingSession(self, frames, frame, [], bank, record)
+                return TrackingSession(self, frames, frame, [], bank, record=record)
             heads = self.mask_as_output(feats.batch(len(objects)), masks, stage, record)
             if record is not None:
                 quality = frame_quality(heads["object_score_logits"].flatten().tolist(), [1.0] * len(objects))
@@ -460,9 +461,9 @@ class VideoTracker:
                                                   align_corners=False))
         features, pos = self.encode_memory(feats, high_res, heads["object_score_logits"], True, "preflight",
                                            record)
-        bank.add_conditioning(frame, Memory(features.to(torch.bfloat16), pos, heads["obj_ptr"],
-                                            heads["object_score_logits"], low_res))
-        return TrackingSession(self, frames, frame, objects, bank, record)
+        bank.add_conditioning(frame, Memory(features.to(torch.bfloat16), heads["obj_ptr"]))
+        return TrackingSession(self, frames, frame, objects, bank, pos, (low_res, heads["object_score_logits"]),
+                               record)
 
     def _detect(self, det_features: dict, text: str, size_hw: tuple[int, int], threshold: float,
                 record: Recorder | None) -> tuple[list[TrackedObject], Tensor]:
@@ -489,9 +490,8 @@ class VideoTracker:
         b = len(session.objects)
         if b == 0:
             return FrameResult(t, np.zeros((0, *size_hw), bool), np.zeros(0, np.float32))
-        if t in bank.conditioning:
-            mem = bank.conditioning[t]
-            return self._output(t, mem.low_res_masks, mem.object_score_logits, size_hw, record)
+        if t == session.prompt_frame:
+            return self._output(t, *session.prompt_output, size_hw, record)
 
         stage = f"f{t}_propagate"
         feats, _ = self.encode_frame(session.frames.rgb(t), stage, record)
@@ -500,7 +500,8 @@ class VideoTracker:
         plan = bank.plan(t, reverse)
         names = lambda out: {"out.memory": out, "out.pos_embed": current_pos}  # noqa: E731
         with _recording(self.tracker.transformer["encoder"], record, f"{stage}__05_memory_attention", names):
-            pix = self.tracker.condition_on_memory(current, current_pos, *self.memory_inputs(plan, bank))
+            pix = self.tracker.condition_on_memory(current, current_pos,
+                                                   *self.memory_inputs(plan, bank, session.memory_pos))
         no_click = torch.zeros(b, 1, 2), -torch.ones(b, 1, dtype=torch.int32)
         heads = self.sam_heads(pix, batch, *no_click, stage, record)
         scores = heads["object_score_logits"]
@@ -509,8 +510,7 @@ class VideoTracker:
         if record is not None:
             record(f"{stage}__07_track_step", {**self._track_step_record(heads, quality),
                                                 "out.maskmem_features": features, "out.maskmem_pos_enc.0": pos})
-        bank.add_tracked(t, Memory(features.to(torch.bfloat16), pos, heads["obj_ptr"], scores,
-                                   heads["low_res_masks"]), quality)
+        bank.add_tracked(t, Memory(features.to(torch.bfloat16), heads["obj_ptr"]), quality)
         return self._output(t, heads["low_res_masks"], scores, size_hw, record)
 
     @staticmethod

@@ -40,4 +40,4 @@ class PtlRunner(Runner):
         outputs = self.module(*(torch.from_numpy(feeds[n]) for n in self.input_names))
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        return [t.numpy() for t in outputs]
+        return [t.detach().numpy() for t in outputs]

@@ -18,4 +18,4 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         outputs = self.module(*(torch.from_numpy(feeds[n]) for n in self.input_names))
-        return [t.numpy() for t in outputs]
+        return [t.detach().numpy() for t in outputs]
