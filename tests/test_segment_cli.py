@@ -73,3 +73,12 @@ def test_segment_keeps_existing_user_files(tmp_path, capsys):
     assert main(["segment", "--image", COFFEE, "--prompt", "person", "--out", str(out)]) == 2
     assert "exists and is not empty; pass --force" in capsys.readouterr().err
     assert (out / "mine.txt").read_text() == "precious"
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", "--image", COFFEE, "--prompt", "person", "--out", "x", "--box", "1,2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: toolkit segment: argument --box: expected x0,y0,x1,y1 in pixels, got '1,2' "
+                   "(see toolkit segment --help)"]

@@ -34,24 +34,21 @@ def _make_default(args) -> None:
     print(f"weights: {info['weights']}")
 
 
-def _box(text: str) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"expected x0,y0,x1,y1 in pixels, got {text!r}")
-    return values
+def _numbers(count: int, form: str):
+    """argparse type: `count` comma-separated numbers, e.g. x0,y0,x1,y1 for a box."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {form} in pixels, got {text!r}")
+        return values
+    return parse
 
 
-def _point(text: str) -> tuple[float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"expected x,y in pixels, got {text!r}")
-    return values
+_box = _numbers(4, "x0,y0,x1,y1")
+_point = _numbers(2, "x,y")
 
 
 def _progress(message: str) -> None:
@@ -119,10 +116,17 @@ def _bench(args) -> None:
           f"wrote {', '.join(result.files)}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (with a pointer to --help), exit code 2 like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toolkit", description="Edge-deployment toolkit for EfficientSAM3 "
+    p = _Parser(prog="toolkit", description="Edge-deployment toolkit for EfficientSAM3 "
                                 "(RepViT-M0.9 + MobileCLIP-S1).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("inspect", help="component table of a checkpoint (and a full validity check)")
     s.add_argument("checkpoint", help="path to efficient_sam3_repvit-m0_9_mobileclip_s1.pth (or compatible)")
