@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from . import checkpoint, inventory, layout
 from .errors import ToolkitError
+
+if TYPE_CHECKING:  # heavy imports stay lazy: `toolkit inspect` needs no model code
+    from .model.detector import Detector
+    from .pipeline.video import VideoTracker
 
 
 @dataclass
@@ -161,7 +166,7 @@ class TrackResult:
 
 # Pictures of a tracking run: GIF panels at most this wide, at most this many GIF frames, and
 # this many panels (evenly spaced frames) in the strip.
-PANEL_WIDTH, GIF_MAX_FRAMES, STRIP_FRAMES = 480, 300, 8
+GIF_MAX_FRAMES = 300
 
 
 def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | None = None,
@@ -182,6 +187,7 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
     from .outputs import fresh_output_dir
     from .pipeline.intermediates import StageDump
     from .pipeline.video import ClickPrompt, check_frame_index, open_frames
+    from .visualize import track_panel, track_strip
 
     if text is None and not points and box is None:
         raise ToolkitError("no prompt: give --point (optionally with --neg-point), --box or --prompt")
@@ -227,13 +233,13 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
             per_frame.append({"index": t, "source": source.names[t], "objects": entries})
             if t in pictured:
                 marks = prompt if t == frame and text is None else None
-                panels[t] = _track_panel(source.rgb(t), result.masks, result.object_score_logits, ids,
+                panels[t] = track_panel(source.rgb(t), result.masks, result.object_score_logits, ids,
                                          f"frame {t}", marks)
         seconds = time.perf_counter() - start
         per_frame.sort(key=lambda f: f["index"])
         caption = (f"{len(ids)} object(s), prompt on frame {frame}"
                    + ("; embedded default weights (untrained)" if checkpoint_path is None else ""))
-        _strip([panels[t] for t in sorted(panels)], caption).save(tmp / "overlay_strip.png")
+        track_strip([panels[t] for t in sorted(panels)], caption).save(tmp / "overlay_strip.png")
         gif = [panels[t] for t in sorted(panels)]
         duration = round(1000 / source.fps) if source.fps else 250
         gif[0].save(tmp / "overlay.gif", save_all=True, append_images=gif[1:], duration=duration, loop=0)
@@ -250,51 +256,6 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
             "seconds_per_frame": round(seconds / len(source), 3), "objects": objects, "per_frame": per_frame,
         }, indent=2))
     return TrackResult(str(out), label, objects, len(source), seconds)
-
-
-def _track_panel(rgb, masks, score_logits, ids, caption, clicks=None):
-    """One frame, downscaled to PANEL_WIDTH: masks tinted, object scores, prompt marks."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from .visualize import palette
-
-    colours = palette(max(ids, default=0) + 1)
-    base = rgb.astype(np.float32)
-    for oid, mask in zip(ids, masks):
-        base[mask] = 0.5 * base[mask] + 0.5 * np.array(colours[oid], np.float32)
-    img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
-    scale = min(1.0, PANEL_WIDTH / img.width)
-    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    if clicks is not None:
-        for (x, y), label in zip(clicks.points_xy, clicks.labels):
-            x, y = x * scale, y * scale
-            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(0, 220, 0) if label else (230, 0, 0),
-                         outline=(255, 255, 255))
-        if clicks.box_xyxy is not None:
-            draw.rectangle([v * scale for v in clicks.box_xyxy], outline=(0, 220, 0), width=2)
-    text = caption + "".join(f"  obj{oid}: {1 / (1 + np.exp(-s)):.2f}" for oid, s in zip(ids, score_logits))
-    draw.rectangle([0, 0, img.width, 14], fill=(0, 0, 0))
-    draw.text((4, 2), text, fill=(255, 255, 255))
-    return img
-
-
-def _strip(panels, caption):
-    """Up to STRIP_FRAMES evenly spaced panels in rows of four under a caption bar."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    picks = np.unique(np.linspace(0, len(panels) - 1, min(len(panels), STRIP_FRAMES)).round().astype(int))
-    chosen = [panels[i] for i in picks]
-    cols = min(4, len(chosen))
-    rows = -(-len(chosen) // cols)
-    w, h = chosen[0].size
-    strip = Image.new("RGB", (cols * w + (cols - 1) * 4, 18 + rows * h + (rows - 1) * 4), (255, 255, 255))
-    ImageDraw.Draw(strip).text((4, 3), caption, fill=(0, 0, 0))
-    for i, panel in enumerate(chosen):
-        strip.paste(panel, ((i % cols) * (w + 4), 18 + (i // cols) * (h + 4)))
-    return strip
 
 
 def export(out: str | Path, checkpoint_path: str | Path | None = None, components: list[str] | None = None,

@@ -19,9 +19,6 @@ manifest's stage suffix (``"03_neck"``, ``"09_scoring"``, ...) and the tensors u
 names (``"out.backbone_fpn.0"``, ...), so a caller can dump every stage boundary (00-12).
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -34,36 +31,8 @@ from toolkit.model.scoring import DotProductScoring
 from toolkit.model.segmentation_head import SegmentationHead
 from toolkit.model.text import TextEncoder
 from toolkit.model.vision import Features, VisionBackbone
+from toolkit.model.recording import Recorder, recording_output, stage_tensors
 from toolkit.postprocess import postprocess_grounding
-
-Recorder = Callable[[str, dict[str, Tensor | np.ndarray]], None]
-
-
-def stage_tensors(value, name: str = "out") -> dict[str, Tensor | np.ndarray]:
-    """Name a stage's output as the manifest does: dict keys and tuple/list indices joined by dots."""
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return {name: value}
-    named = {}
-    for key, item in items:
-        named.update(stage_tensors(item, f"{name}.{key}"))
-    return named
-
-
-@contextmanager
-def _recording_output(module: nn.Module, record: Recorder | None, stage: str) -> Iterator[None]:
-    """Record `module`'s output as `stage` while the block runs (for stages inside a submodule)."""
-    if record is None:
-        yield
-        return
-    handle = module.register_forward_hook(lambda _m, _args, out: record(stage, stage_tensors(out)))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -101,7 +70,7 @@ class Detector(nn.Module):
         vision = self.backbone.vision_backbone
         if record is not None:
             record("00_preprocess", {"image": image})
-        with _recording_output(vision.trunk.model.backbone, record, "01_repvit_backbone"):
+        with recording_output(vision.trunk.model.backbone, record, "01_repvit_backbone"):
             trunk_out = vision.trunk(image)
         features = vision.detector_features(trunk_out)
         if record is not None:
@@ -116,8 +85,8 @@ class Detector(nn.Module):
         if record is not None:
             record("04_tokenizer", {"ids": token_ids})
         with (
-            _recording_output(text.encoder.final_layer_norm, record, "05a_text_transformer"),
-            _recording_output(text.projector, record, "05b_text_projector"),
+            recording_output(text.encoder.final_layer_norm, record, "05a_text_transformer"),
+            recording_output(text.projector, record, "05b_text_projector"),
         ):
             encoded = text(token_ids)
         mask, memory, embeds = encoded

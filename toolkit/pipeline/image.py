@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from ..errors import ToolkitError
-from ..model.detector import Detector, Recorder, detections
+from ..model.detector import Detector, detections
+from ..model.recording import Recorder
 from ..preprocess import preprocess_image
 from ..tokenizer import Tokenizer
 

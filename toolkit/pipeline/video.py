@@ -17,7 +17,7 @@ loop can later drive exported modules.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ToolkitError
-from ..model.detector import Detector, Recorder, detections, stage_tensors
+from ..model.detector import Detector, detections
+from ..model.recording import Recorder, recording_output, stage_tensors
 from ..model.tracker import TrackerModules
 from ..model.vision import VisionBackbone
 from ..preprocess import IMAGE_SIZE, load_rgb, preprocess_frame
@@ -265,19 +266,6 @@ def mask_nms(masks: np.ndarray, scores: np.ndarray, iou_threshold: float = NMS_M
     return np.sort(np.array(kept, dtype=np.int64))
 
 
-@contextmanager
-def _recording(module: nn.Module, record: Recorder | None, stage: str, name: Callable[[object], dict]):
-    """Record `name(output)` of every `module` call inside the block as `stage`."""
-    if record is None:
-        yield
-        return
-    handle = module.register_forward_hook(lambda _m, _args, out: record(stage, name(out)))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 # --- the tracker -----------------------------------------------------------------------------
 
 @dataclass
@@ -346,7 +334,7 @@ class VideoTracker:
                 (trk.sam_mask_decoder, "03_sam_mask_decoder", stage_tensors),
                 (trk.obj_ptr_proj, "04_obj_ptr_proj", lambda out: {"out": out}),
             ):
-                stack.enter_context(_recording(module, record, f"{stage}__{part}", name))
+                stack.enter_context(recording_output(module, record, f"{stage}__{part}", name))
             yield
 
     def sam_heads(self, pix_feat: Tensor, feats: FrameFeatures, points: Tensor, labels: Tensor,
@@ -399,7 +387,7 @@ class VideoTracker:
     def encode_memory(self, feats: FrameFeatures, high_res: Tensor, object_score_logits: Tensor,
                       from_prompt: bool, stage: str, record: Recorder | None) -> tuple[Tensor, Tensor]:
         names = lambda out: {"out.vision_features": out[0], "out.vision_pos_enc.0": out[1]}  # noqa: E731
-        with _recording(self.tracker.maskmem_backbone, record, f"{stage}__06_memory_encoder", names):
+        with recording_output(self.tracker.maskmem_backbone, record, f"{stage}__06_memory_encoder", names):
             return self.tracker.encode_memory(feats.batch(high_res.shape[0]).vision, high_res,
                                               object_score_logits, from_prompt)
 
@@ -499,7 +487,7 @@ class VideoTracker:
         current, current_pos = _seq(batch.vision), _seq(batch.vision_pos)
         plan = bank.plan(t, reverse)
         names = lambda out: {"out.memory": out, "out.pos_embed": current_pos}  # noqa: E731
-        with _recording(self.tracker.transformer["encoder"], record, f"{stage}__05_memory_attention", names):
+        with recording_output(self.tracker.transformer["encoder"], record, f"{stage}__05_memory_attention", names):
             pix = self.tracker.condition_on_memory(current, current_pos,
                                                    *self.memory_inputs(plan, bank, session.memory_pos))
         no_click = torch.zeros(b, 1, 2), -torch.ones(b, 1, dtype=torch.int32)
