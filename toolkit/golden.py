@@ -106,47 +106,37 @@ def check_stage(stage: str, got: Mapping[str, object], names: list[str] | None =
     return results
 
 
-def compare_dump(dump: Mapping[str, Mapping[str, object]], case: str) -> list[dict]:
-    """Compare a `--save-intermediates` dump of one image case (`txt_person`, ...) with the golden.
-
-    Stage `S` of the dump is golden stage `img__S` or `<case>__S`; golden stages the dump lacks are
-    reported as failures too, so a partial dump cannot pass.
-    """
+def _compare_stages(dump: Mapping[str, Mapping[str, object]], dump_name) -> list[dict]:
+    """Compare every golden stage for which `dump_name(stage)` gives a dump stage name (None: not
+    this run's stage); golden stages or tensors the dump lacks are failures, so a partial dump
+    cannot pass."""
     results = []
-    for stage in manifest()["stages"]:
-        prefix, _, suffix = stage.partition("__")
-        if prefix not in ("img", case):
+    for stage, spec in manifest()["stages"].items():
+        name = dump_name(stage)
+        if name is None:
             continue
-        if suffix not in dump:
-            results.append({"ok": False, "stage": stage, "message": f"{stage}: not in the dump"})
-            continue
-        stored = load_stage(stage)
-        for name in manifest()["stages"][stage]["tensors"]:
-            if name not in dump[suffix]:
-                results.append({"ok": False, "stage": stage, "message": f"{stage}:{name}: not in the dump"})
-                continue
-            results.append({"stage": stage, **compare_tensor(stage, name, dump[suffix][name], stored)})
-    return results
-
-
-def compare_tracker_dump(dump: Mapping[str, Mapping[str, object]]) -> list[dict]:
-    """Compare a `toolkit track --save-intermediates` dump of the golden clip with the golden.
-
-    Stage `S` of the dump is golden stage `trk_S` (e.g. `f1_propagate__05_memory_attention`); golden
-    tracker stages the dump lacks are reported as failures too.
-    """
-    results = []
-    for stage in manifest()["stages"]:
-        if not stage.startswith("trk_"):
-            continue
-        name = stage[len("trk_"):]
         if name not in dump:
             results.append({"ok": False, "stage": stage, "message": f"{stage}: not in the dump"})
             continue
         stored = load_stage(stage)
-        for tensor in manifest()["stages"][stage]["tensors"]:
+        for tensor in spec["tensors"]:
             if tensor not in dump[name]:
                 results.append({"ok": False, "stage": stage, "message": f"{stage}:{tensor}: not in the dump"})
                 continue
             results.append({"stage": stage, **compare_tensor(stage, tensor, dump[name][tensor], stored)})
     return results
+
+
+def compare_dump(dump: Mapping[str, Mapping[str, object]], case: str) -> list[dict]:
+    """Compare a `toolkit segment --save-intermediates` dump of one image case (`txt_person`, ...)
+    with the golden: dump stage `S` is golden stage `img__S` or `<case>__S`."""
+    def dump_name(stage: str) -> str | None:
+        prefix, _, suffix = stage.partition("__")
+        return suffix if prefix in ("img", case) else None
+    return _compare_stages(dump, dump_name)
+
+
+def compare_tracker_dump(dump: Mapping[str, Mapping[str, object]]) -> list[dict]:
+    """Compare a `toolkit track --save-intermediates` dump of the golden clip with the golden:
+    dump stage `S` is golden stage `trk_S` (e.g. `f1_propagate__05_memory_attention`)."""
+    return _compare_stages(dump, lambda stage: stage[len("trk_"):] if stage.startswith("trk_") else None)
