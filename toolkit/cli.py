@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .errors import ToolkitError
 
@@ -82,40 +81,6 @@ def _track(args) -> None:
         print(f"stage dumps in {args.save_intermediates}/")
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _export(args) -> None:
-    from .api import export
-    from .export import REPORT_NAME, format_table
-    components = [name for group in args.components for name in group] or None
-    report = export(args.out, args.checkpoint, components, args.format, args.force, progress=_progress)
-    print(f"weights: {report.weights}")
-    print(format_table(report.rows))
-    hits = sum(row["cache"] == "hit" for row in report.rows)
-    print(f"{len(report.rows)} artifacts ({hits} from the cache) in {report.seconds:.1f} s; "
-          f"report: {Path(report.out) / REPORT_NAME}")
-    if not report.ok:
-        raise ToolkitError(f"{len(report.failures)} verification failure(s):\n  " + "\n  ".join(report.failures))
-
-
-def _bench(args) -> None:
-    from .api import bench
-
-    def flat(groups):
-        return [name for group in groups for name in group] or None
-    scenarios = flat(args.scenarios)
-    result = bench(args.out, args.checkpoint, args.artifacts, args.device, flat(args.components), flat(args.runners),
-                   [] if scenarios == ["none"] else scenarios, args.threads, args.repeats, args.quick, args.force,
-                   progress=_progress)
-    rows = result.results["components"] + result.results["scenarios"]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
-    print(Path(result.out_dir, "results.md").read_text())
-    print(f"{counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed; "
-          f"wrote {', '.join(result.files)}")
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (with a pointer to --help), exit code 2 like every other error."""
 
@@ -176,42 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-intermediates", metavar="DIR", help="write every tracker stage boundary as DIR/<stage>.npz")
     s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     s.set_defaults(func=_track)
-
-    s = sub.add_parser("export", help="export components to ONNX and TorchScript lite, each artifact verified",
-                       description="Export every component (or those named) to ONNX and .ptl, verify each artifact "
-                       "against PyTorch (golden-derived inputs and the extremes of every dynamic dimension), "
-                       "and write a report. Unchanged artifacts are reused from DIR (content-hash cache).")
-    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory (artifacts, records, export_report.json)")
-    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
-                   help="components to export (default: all 13)")
-    s.add_argument("--format", type=_names, default=["onnx", "ptl"], metavar="FMT[,FMT...]",
-                   help="artifact formats: onnx, ptl (default: both)")
-    s.add_argument("--force", action="store_true", help="export again even where the cache has the artifact")
-    s.set_defaults(func=_export)
-
-    s = sub.add_parser("bench", help="latency, peak memory and FLOPs per component and runner, end-to-end scenarios",
-                       description="Benchmark every component on every runner (PyTorch eager, ONNX Runtime on .onnx "
-                       "and .ort, TorchScript lite, ONNX Runtime CUDA), with warm-up, percentiles, peak memory in a "
-                       "child process, FLOPs and the machine's matmul peak, plus the end-to-end scenarios; on this "
-                       "machine or on an ssh device. A runner that cannot run is listed as skipped with the reason.")
-    s.add_argument("--checkpoint", help="checkpoint .pth for the PyTorch runs (default: the embedded default)")
-    s.add_argument("--artifacts", metavar="DIR", help="`toolkit export` directory with the .onnx / .ort / .ptl files")
-    s.add_argument("--device", default="local", metavar="local|ssh://user@host[:port]",
-                   help="where to measure (ssh options: ?python=PATH&ssh_config=FILE); default local")
-    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
-                   help="components to measure (default: all 13)")
-    s.add_argument("--runners", action="append", type=_names, default=[], metavar="KIND[,KIND...]",
-                   help="torch, ort, ort-mobile, ptl, ort-cuda (default: all)")
-    s.add_argument("--scenarios", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
-                   help="image_text, image_text_boxes, tracking (default: all; 'none' for no scenario)")
-    s.add_argument("--threads", type=int, help="intra-op threads (default: every core of the device)")
-    s.add_argument("--repeats", type=int, help="timed runs per component (default 10; 3 with --quick)")
-    s.add_argument("--quick", action="store_true", help="short smoke run: 1 warm-up + 3 runs, 1 run per scenario, "
-                   "3 tracking frames, no memory measurement")
-    s.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.md, *.png)")
-    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
-    s.set_defaults(func=_bench)
     return p
 
 
