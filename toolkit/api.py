@@ -72,8 +72,10 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
             boxes: list[tuple[float, float, float, float]] = (), negative_boxes=(),
             threshold: float = 0.5, max_objects: int | None = None,
             save_intermediates: str | Path | None = None, force: bool = False,
-            progress=lambda message: None) -> SegmentResult:
-    """`toolkit segment`: masks (PNG per object), overlay PNG and detections.json under `out`."""
+            progress=lambda message: None, loaded: tuple | None = None) -> SegmentResult:
+    """`toolkit segment`: masks (PNG per object), overlay PNG and detections.json under `out`.
+
+    `loaded`: an already loaded (detector, weights label), e.g. a bundle's runners (`toolkit run`)."""
     import json
     import time
     from contextlib import ExitStack
@@ -98,7 +100,7 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
         record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
             if save_intermediates else None
         progress("loading the model")
-        detector, label = load_detector(checkpoint_path)
+        detector, label = loaded or load_detector(checkpoint_path)
         start = time.perf_counter()
         progress(f"segmenting {image} for {prompt!r}")
         found = ImageSegmenter(detector)(rgb, prompt, list(boxes) + list(negative_boxes),
@@ -173,10 +175,11 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
           points: list[tuple[float, float]] = (), negative_points: list[tuple[float, float]] = (),
           box: tuple[float, float, float, float] | None = None, text: str | None = None, frame: int = 0,
           threshold: float = 0.5, save_intermediates: str | Path | None = None, force: bool = False,
-          progress=lambda message: None) -> TrackResult:
+          progress=lambda message: None, loaded: tuple | None = None) -> TrackResult:
     """`toolkit track`: prompt frame `frame` (clicks / a box: one object; a text: every object the
     detector finds there), follow the objects through all frames, and write under `out` the mask
-    PNGs (masks/obj_<id>/<frame>.png), overlay_strip.png, overlay.gif and tracks.json."""
+    PNGs (masks/obj_<id>/<frame>.png), overlay_strip.png, overlay.gif and tracks.json.
+    `loaded`: an already loaded (tracker, weights label), e.g. a bundle's runners (`toolkit run`)."""
     import json
     import time
     from contextlib import ExitStack
@@ -211,7 +214,7 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
         record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
             if save_intermediates else None
         progress("loading the model")
-        tracker, label = load_video_tracker(checkpoint_path, with_detector=text is not None)
+        tracker, label = loaded or load_video_tracker(checkpoint_path, with_detector=text is not None)
         start = time.perf_counter()
         progress(f"prompting frame {frame} of {source.path}")
         session = tracker.prompt(source, frame, prompt, threshold, record)
@@ -256,3 +259,138 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
             "seconds_per_frame": round(seconds / len(source), 3), "objects": objects, "per_frame": per_frame,
         }, indent=2))
     return TrackResult(str(out), label, objects, len(source), seconds)
+
+
+def export(out: str | Path, checkpoint_path: str | Path | None = None, components: list[str] | None = None,
+           formats: list[str] = ("onnx", "ptl"), force: bool = False, progress=lambda message: None):
+    """`toolkit export`: components to ONNX / TorchScript lite under `out`, each verified; returns the
+    `toolkit.export.ExportReport` (also written to `out/export_report.json`)."""
+    from .export import check_selection, run_export
+    from .weights import LABEL, synthetic_state_dict
+    components = check_selection(components, formats)
+    progress("loading the weights")
+    if checkpoint_path is None:
+        state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
+    else:
+        ckpt = checkpoint.load_checkpoint(checkpoint_path)
+        state, label = ckpt.state_dict, str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    return run_export(out, state, label, components, formats, force, progress)
+
+
+@dataclass
+class BenchResult:
+    out_dir: str
+    results: dict  # the `toolkit.bench/1` document (also out_dir/results.json)
+    files: list[str]
+
+
+def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts: str | Path | None = None,
+          device: str = "local", components: list[str] | None = None, runners: list[str] | None = None,
+          scenarios: list[str] | None = None, threads: int | None = None, repeats: int | None = None,
+          quick: bool = False, force: bool = False, progress=lambda message: None) -> BenchResult:
+    """`toolkit bench`: latency percentiles, peak memory, FLOPs per component x runner, and the end-to-end
+    scenarios, on `device`; writes results.json, results.md and PNG plots under `out`."""
+    from .bench import BenchConfig, run_bench
+    from .bench import report as bench_report
+    from .bench.backends import RUNNER_KINDS
+    from .bench.scenarios import SCENARIOS
+    from .components import COMPONENTS
+    from .outputs import fresh_output_dir
+
+    components = list(COMPONENTS) if components is None else list(components)
+    runners = list(RUNNER_KINDS) if runners is None else list(runners)
+    scenarios = list(SCENARIOS) if scenarios is None else list(scenarios)
+    for what, names, known in (("components", components, COMPONENTS), ("runners", runners, RUNNER_KINDS),
+                               ("scenarios", scenarios, SCENARIOS)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ToolkitError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    if repeats is not None and repeats < 1:
+        raise ToolkitError(f"--repeats must be at least 1, got {repeats}")
+    if artifacts is not None and not Path(artifacts).is_dir():
+        raise ToolkitError(f"--artifacts {artifacts} is not a directory")
+    if checkpoint_path is not None:
+        checkpoint.load_checkpoint(checkpoint_path)  # fail here, not on the device
+    config = BenchConfig(components, runners, scenarios, threads=threads, quick=quick,
+                         checkpoint=str(checkpoint_path) if checkpoint_path else None,
+                         artifacts=str(Path(artifacts).resolve()) if artifacts else None)
+    if repeats is not None:
+        config.repeats = repeats
+    with fresh_output_dir(out, force) as tmp:
+        results = run_bench(config, device, progress)
+        files = bench_report.write(results, tmp)
+    return BenchResult(str(out), results, [str(Path(out) / f.name) for f in files])
+
+
+# --- targets and bundles (`toolkit targets`, `build`, `verify`, `run`) --------------------------------
+
+def list_targets() -> list:
+    """Every target file found (see `toolkit.targets`), loaded and validated."""
+    from .targets import available, load_target
+    return [load_target(path) for path in available().values()]
+
+
+def build(target: str, out: str | Path, checkpoint_path: str | Path | None = None, concepts: str | Path | None = None,
+          components: list[str] | None = None, cache_dir: str | Path | None = None, force: bool = False,
+          archive: bool = False, progress=lambda message: None):
+    """`toolkit build`: the bundle of `target` (a name or a .toml path) under `out`; returns the
+    `toolkit.build.BuildReport`. Without a checkpoint it uses the embedded default and says so."""
+    from .build import read_concepts, run_build
+    from .targets import find_target
+    from .weights import LABEL, synthetic_state_dict
+    spec = find_target(target)
+    concept_list = read_concepts(concepts) if concepts else None
+    if checkpoint_path is None:
+        progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
+        state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
+    else:
+        ckpt = checkpoint.load_checkpoint(checkpoint_path)
+        state, label = ckpt.state_dict, str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    return run_build(spec, out, state, label, checkpoint_path is None, str(checkpoint_path) if checkpoint_path else None,
+                     concept_list, components, cache_dir, force, archive, progress=progress)
+
+
+def verify(bundle: str | Path, checkpoint_path: str | Path | None = None, parity: bool = True,
+           components: list[str] | None = None, progress=lambda message: None):
+    """`toolkit verify`: schema, checksums and parity of a bundle directory or archive; returns the
+    `toolkit.verify_bundle.VerifyReport` (a bad schema or file raises a one-line ToolkitError)."""
+    from .verify_bundle import verify_bundle
+    return verify_bundle(bundle, checkpoint_path, parity, components, progress)
+
+
+def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = None, prompt: str | None = None,
+               frames: str | Path | None = None, boxes=(), negative_boxes=(), points=(), negative_points=(),
+               frame: int = 0, threshold: float = 0.5, max_objects: int | None = None,
+               save_intermediates: str | Path | None = None, force: bool = False, threads: int | None = None,
+               progress=lambda message: None):
+    """`toolkit run`: `toolkit segment` (with --image) or `toolkit track` (with --frames) from a bundle
+    alone: the same pipeline code, the bundle's artifacts as runners (checksums checked first)."""
+    from .bundle import open_bundle
+    from .bundle_runtime import bundle_detector, video_tracker
+    if (image is None) == (frames is None):
+        raise ToolkitError("give --image (segmentation) or --frames (tracking)")
+    progress(f"opening bundle {bundle} (schema and checksums)")
+    opened = open_bundle(bundle)
+    model = opened.manifest["model"]
+    label = f"bundle {bundle} (target {opened.target}): {model['weights']}"
+    built_from = None if model["embedded_default"] else model.get("checkpoint") or "checkpoint"
+    if image is not None:
+        if prompt is None:
+            raise ToolkitError("--image needs --prompt")
+        if points or negative_points:
+            raise ToolkitError("--point / --neg-point go with --frames")
+        detector = bundle_detector(opened, threads)
+        result = segment(image, prompt, out, built_from, boxes, negative_boxes, threshold, max_objects,
+                         save_intermediates, force, progress, loaded=(detector, label))
+        if detector.prompt_cache is not None and detector.prompt_cache.hits:
+            progress(f"{prompt!r} came from the bundle's prompt cache: the text encoder did not run")
+        return result
+    if prompt is not None:
+        raise ToolkitError("tracking from a bundle takes --point / --box prompts: text prompts need the "
+                           "mask-prompt path, which no component exports")
+    if len(boxes) > 1 or negative_boxes:
+        raise ToolkitError("tracking takes one --box")
+    return track(frames, out, built_from, points, negative_points, boxes[0] if boxes else None, None, frame,
+                 threshold, save_intermediates, force, progress, loaded=(video_tracker(opened, threads), label))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import ToolkitError
 
@@ -81,6 +82,108 @@ def _track(args) -> None:
         print(f"stage dumps in {args.save_intermediates}/")
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _export(args) -> None:
+    from .api import export
+    from .export import REPORT_NAME, format_table
+    components = [name for group in args.components for name in group] or None
+    report = export(args.out, args.checkpoint, components, args.format, args.force, progress=_progress)
+    print(f"weights: {report.weights}")
+    print(format_table(report.rows))
+    hits = sum(row["cache"] == "hit" for row in report.rows)
+    print(f"{len(report.rows)} artifacts ({hits} from the cache) in {report.seconds:.1f} s; "
+          f"report: {Path(report.out) / REPORT_NAME}")
+    if not report.ok:
+        raise ToolkitError(f"{len(report.failures)} verification failure(s):\n  " + "\n  ".join(report.failures))
+
+
+def _bench(args) -> None:
+    from .api import bench
+
+    def flat(groups):
+        return [name for group in groups for name in group] or None
+    components, scenarios = flat(args.components), flat(args.scenarios)
+    result = bench(args.out, args.checkpoint, args.artifacts, args.device, [] if components == ["none"] else components,
+                   flat(args.runners), [] if scenarios == ["none"] else scenarios, args.threads, args.repeats,
+                   args.quick, args.force, progress=_progress)
+    rows = result.results["components"] + result.results["scenarios"]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
+    print(Path(result.out_dir, "results.md").read_text())
+    print(f"{counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"wrote {', '.join(result.files)}")
+
+
+def _targets(args) -> None:
+    from .api import list_targets
+    from .targets import describe
+    targets = list_targets()
+    if args.json:
+        print(json.dumps([{**t.to_json(), "path": t.path, "components": {n: vars(p) for n, p in t.plans.items()}}
+                          for t in targets], indent=2))
+        return
+    for target in targets:
+        print("\n".join(describe(target)))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _build(args) -> None:
+    from .api import build
+    components = [name for group in args.components for name in group] or None
+    out = args.out or str(Path("bundles") / Path(args.target).stem)
+    report = build(args.target, out, args.checkpoint, args.concepts, components, args.cache, args.force, args.archive,
+                   progress=_progress)
+    print(f"weights: {report.weights}")
+    width = max(len(r["component"]) for r in report.rows)
+    for r in report.rows:
+        extra = f" (fallback from {r['fallback_from']})" if r["fallback_from"] else ""
+        err = "" if r["max_abs_error"] is None else f", max abs error {r['max_abs_error']:.2e}"
+        print(f"  {r['component']:{width}}  {r['format']:8} {r['precision']}  {r['status']}{err}{extra}")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"bundle {report.out} (target {report.target}): {_mib(report.bytes)} in {report.seconds:.1f} s"
+          + (f"; archive {report.archive}" if report.archive else ""))
+
+
+def _verify(args) -> None:
+    from .api import verify
+    from .verify_bundle import format_rows
+    components = [name for group in args.components for name in group] or None
+    report = verify(args.bundle, args.checkpoint, not args.no_parity, components, progress=_progress)
+    print(f"{report.bundle} (target {report.target}): schema ok, {report.files} files ({_mib(report.bytes)}) match "
+          "their sha256")
+    print(format_rows(report.rows))
+    for note in report.notes:
+        print(f"note: {note}")
+    counts = {s: sum(r["status"] == s for r in report.rows) for s in ("passed", "failed", "pending")}
+    print(f"parity: {counts['passed']} passed, {counts['failed']} failed, {counts['pending']} pending")
+    if not report.ok:
+        raise ToolkitError(f"{counts['failed']} artifact(s) failed parity:\n  " + "\n  ".join(report.failures))
+
+
+def _run(args) -> None:
+    from .api import run_bundle
+    result = run_bundle(args.bundle, args.out, args.image, args.prompt, args.frames, args.box, args.neg_box,
+                        args.point, args.neg_point, args.frame, args.threshold, args.max_objects,
+                        args.save_intermediates, args.force, args.threads, progress=_progress)
+    print(f"weights: {result.weights_label}")
+    if args.image:
+        top = sorted(result.objects, key=lambda o: -o["score"])[:5]
+        print(f"{len(result.objects)} objects with score > {args.threshold:g} in {result.seconds:.1f} s"
+              + (": best " + ", ".join(f"{o['score']:.3f}" for o in top) if top else ""))
+        print(f"wrote {result.out_dir}/ (overlay.png, detections.json, {len(result.objects)} mask PNGs)")
+    else:
+        print(f"tracked {len(result.objects)} object(s) through {result.num_frames} frames in {result.seconds:.1f} s")
+        print(f"wrote {result.out_dir}/ (overlay_strip.png, overlay.gif, tracks.json, masks/obj_<id>/<frame>.png)")
+    if args.save_intermediates:
+        print(f"stage dumps in {args.save_intermediates}/")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (with a pointer to --help), exit code 2 like every other error."""
 
@@ -141,6 +244,97 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-intermediates", metavar="DIR", help="write every tracker stage boundary as DIR/<stage>.npz")
     s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     s.set_defaults(func=_track)
+
+    s = sub.add_parser("export", help="export components to ONNX and TorchScript lite, each artifact verified",
+                       description="Export every component (or those named) to ONNX and .ptl, verify each artifact "
+                       "against PyTorch (golden-derived inputs and the extremes of every dynamic dimension), "
+                       "and write a report. Unchanged artifacts are reused from DIR (content-hash cache).")
+    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory (artifacts, records, export_report.json)")
+    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="components to export (default: all 13)")
+    s.add_argument("--format", type=_names, default=["onnx", "ptl"], metavar="FMT[,FMT...]",
+                   help="artifact formats: onnx, ptl, ort (default: onnx,ptl; ort is ONNX Runtime's mobile "
+                        "format, for timing it with `toolkit bench`)")
+    s.add_argument("--force", action="store_true", help="export again even where the cache has the artifact")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("bench", help="latency, peak memory and FLOPs per component and runner, end-to-end scenarios",
+                       description="Benchmark every component on every runner (PyTorch eager, ONNX Runtime on .onnx "
+                       "and .ort, TorchScript lite, ONNX Runtime CUDA), with warm-up, percentiles, peak memory in a "
+                       "child process, FLOPs and the machine's matmul peak, plus the end-to-end scenarios; on this "
+                       "machine or on an ssh device. A runner that cannot run is listed as skipped with the reason.")
+    s.add_argument("--checkpoint", help="checkpoint .pth for the PyTorch runs (default: the embedded default)")
+    s.add_argument("--artifacts", metavar="DIR", help="`toolkit export` directory with the .onnx / .ort / .ptl files")
+    s.add_argument("--device", default="local", metavar="local|ssh://user@host[:port]",
+                   help="where to measure (ssh options: ?python=PATH&ssh_config=FILE); default local")
+    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="components to measure (default: all 13; 'none' for scenarios only)")
+    s.add_argument("--runners", action="append", type=_names, default=[], metavar="KIND[,KIND...]",
+                   help="torch, ort, ort-mobile, ptl, ort-cuda (default: all)")
+    s.add_argument("--scenarios", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="image_text, image_text_boxes, tracking (default: all; 'none' for no scenario)")
+    s.add_argument("--threads", type=int, help="intra-op threads (default: every core of the device)")
+    s.add_argument("--repeats", type=int, help="timed runs per component (default 10; 3 with --quick)")
+    s.add_argument("--quick", action="store_true", help="short smoke run: 1 warm-up + 3 runs, 1 run per scenario, "
+                   "3 tracking frames, no memory measurement")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.md, *.png)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_bench)
+
+    s = sub.add_parser("targets", help="list the deployment targets (targets/*.toml) and what each produces")
+    s.add_argument("--json", action="store_true", help="print the resolved targets as JSON")
+    s.set_defaults(func=_targets)
+
+    s = sub.add_parser("build", help="build a deployable bundle for a target (jetson-orin, ios, android, cpu, ...)",
+                       description="Turn the checkpoint into a bundle for the target: every component in the target's "
+                       "format, verified against PyTorch where its runtime exists here, with tokenizer, "
+                       "pre/post-processing constants, optional prompt cache and a manifest (versioned schema, "
+                       "sha256 of every file). Written atomically; an existing bundle is kept unless --force.")
+    s.add_argument("--target", required=True, metavar="NAME|FILE.toml", help="target name (see `toolkit targets`) or file")
+    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
+    s.add_argument("--out", metavar="DIR", help="bundle directory (default: bundles/<target>)")
+    s.add_argument("--concepts", metavar="FILE", help="text file, one concept per line: their text-encoder outputs "
+                   "go into the bundle's prompt cache")
+    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="build only these components (a partial bundle; default: all 13)")
+    s.add_argument("--cache", metavar="DIR", help="export cache (default: ~/.cache/esam3-toolkit/export/<weights>)")
+    s.add_argument("--archive", action="store_true", help="also write DIR.tar.gz")
+    s.add_argument("--force", action="store_true", help="replace an existing bundle")
+    s.set_defaults(func=_build)
+
+    s = sub.add_parser("verify", help="check a bundle: schema, checksums, parity of every artifact runnable here",
+                       description="Validate the manifest schema and every file's sha256, then run every artifact "
+                       "whose runtime exists on this machine against the PyTorch model on the export's cases. "
+                       "Artifacts whose runtime is missing (Core ML off macOS, TensorRT engines) are reported as pending.")
+    s.add_argument("bundle", help="bundle directory or .tar.gz archive")
+    s.add_argument("--checkpoint", help="the checkpoint the bundle was built from (not needed for the embedded default)")
+    s.add_argument("--no-parity", action="store_true", help="only the schema and the checksums")
+    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="check the parity of these components only")
+    s.set_defaults(func=_verify)
+
+    s = sub.add_parser("run", help="segment an image or track clicks through frames from a bundle alone",
+                       description="`toolkit segment` (--image) or `toolkit track` (--frames, click or box prompts) with "
+                       "the bundle's artifacts as runners (ONNX Runtime, lite interpreter): the same pipeline code.")
+    s.add_argument("bundle", help="bundle directory")
+    s.add_argument("--image", help="input image (segmentation)")
+    s.add_argument("--prompt", help="text prompt (segmentation)")
+    s.add_argument("--frames", metavar="DIR|VIDEO", help="frames to track through (tracking)")
+    s.add_argument("--box", action="append", type=_box, default=[], metavar="x0,y0,x1,y1",
+                   help="box prompt in pixels (repeatable for --image; one for --frames)")
+    s.add_argument("--neg-box", action="append", type=_box, default=[], metavar="x0,y0,x1,y1",
+                   help="negative box prompt (--image)")
+    s.add_argument("--point", action="append", type=_point, default=[], metavar="x,y", help="positive click (--frames)")
+    s.add_argument("--neg-point", action="append", type=_point, default=[], metavar="x,y", help="negative click (--frames)")
+    s.add_argument("--frame", type=int, default=0, help="prompted frame (--frames; default 0)")
+    s.add_argument("--threshold", type=float, default=0.5, help="score threshold (default 0.5)")
+    s.add_argument("--max-objects", type=int, metavar="N", help="keep only the N best-scoring objects (--image)")
+    s.add_argument("--threads", type=int, help="intra-op threads of the runtimes")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--save-intermediates", metavar="DIR", help="write the stage boundaries as DIR/<stage>.npz")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_run)
     return p
 
 

@@ -58,9 +58,11 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class OnnxStrategy:
+    """How a component goes to ONNX, and why (every declaration says why)."""
+
+    reason: str
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET
-    reason: str = "maintained exporter; takes the dynamic dimensions with their ranges"
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,9 @@ class Component:
     graph: Callable[[Models], nn.Module]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    onnx: OnnxStrategy
     masks: tuple[str, ...] = ()
     tolerance: Tolerance = Tolerance()
-    onnx: OnnxStrategy = OnnxStrategy()
     reparameterize: bool = False  # fold BatchNorms / RepVGG branches before export (the reference stays unfused)
 
     @property
@@ -383,6 +385,7 @@ COMPONENT_LIST: tuple[Component, ...] = (
         outputs=(_spec("backbone_features", (1, 1024, GRID, GRID), "trunk output, input of tracker_neck"),
                  _FPN[288], _FPN[144], _FPN[72], IMAGE_POS),
         reparameterize=True,
+        onnx=OnnxStrategy("dynamo: a static 1008x1008 graph; the trunk is re-parameterised first"),
     ),
     Component(
         "text_encoder", "MobileCLIP-S1 text tower + 512->256 projector, from token ids",
@@ -391,6 +394,8 @@ COMPONENT_LIST: tuple[Component, ...] = (
                       sampler=token_ids),),
         outputs=(_spec("text_features", ("text_tokens", 1, 256), "text prompt tokens (sequence-first)"),
                  _spec("text_mask", (1, "text_tokens"), "True = padding (id 0)", "bool")),
+        onnx=OnnxStrategy("dynamo: the token count is dynamic (2..77) through the learned-position slice and "
+                          "SDPA"),
     ),
     Component(
         "geometry_encoder", "box prompts -> geometry tokens (boxes, then a CLS token)",
@@ -400,12 +405,16 @@ COMPONENT_LIST: tuple[Component, ...] = (
                 IMAGE_FEATURES, IMAGE_POS),
         outputs=(_spec("geometry_tokens", ("boxes+1", 1, 256), "box tokens + CLS token (sequence-first)"),
                  _spec("geometry_mask", (1, "boxes+1"), "all False (prompts are not padded)", "bool")),
+        onnx=OnnxStrategy("dynamo: the box count is dynamic, 0 included (text only); RoIAlign is plain tensor "
+                          "ops"),
     ),
     Component(
         "fusion_encoder", "6 layers: image tokens attend to themselves and to the prompt",
         ("detector.transformer.encoder.",), FusionEncoderGraph,
         inputs=(IMAGE_FEATURES, IMAGE_POS, PROMPT, PROMPT_MASK),
         outputs=(MEMORY,),
+        onnx=OnnxStrategy("dynamo: the prompt length is dynamic through the key-padding mask (the checkpoint "
+                          "report's 'not exportable, use TorchScript' does not hold)"),
     ),
     Component(
         "fusion_decoder", "6 layers over 200 queries + presence token, box refinement (last layer out)",
@@ -413,12 +422,14 @@ COMPONENT_LIST: tuple[Component, ...] = (
         inputs=(MEMORY, IMAGE_POS, PROMPT, PROMPT_MASK),
         outputs=(QUERIES, _spec("pred_boxes", (1, 200, 4), "normalised cx, cy, w, h"),
                  _spec("presence_logit", (1, 1), "is the prompted concept in the image")),
+        onnx=OnnxStrategy("dynamo: the prompt length is dynamic; boxRPB and box refinement are plain ops"),
     ),
     Component(
         "scoring", "query logits: dot product with the pooled prompt (presence not applied)",
         ("detector.dot_prod_scoring.",), ScoringGraph,
         inputs=(QUERIES, PROMPT, PROMPT_MASK),
         outputs=(_spec("pred_logits", (1, 200, 1), "per-query logit, clamped to +-12"),),
+        onnx=OnnxStrategy("dynamo: the prompt length is dynamic through the masked mean"),
     ),
     Component(
         "segmentation_head", "pixel decoder + mask embeddings: a mask per query and a semantic map",
@@ -427,6 +438,7 @@ COMPONENT_LIST: tuple[Component, ...] = (
         outputs=(_spec("pred_masks", (1, 200, 288, 288), "mask logits per query"),
                  _spec("semantic_seg", (1, 1, 288, 288), "semantic mask logits")),
         masks=("pred_masks", "semantic_seg"),
+        onnx=OnnxStrategy("dynamo: the prompt length is dynamic; masks are a static 288x288 grid"),
     ),
     Component(
         "tracker_neck", "tracker pyramid + conv_s0/conv_s1 high-res projections (once per frame)",
@@ -438,6 +450,7 @@ COMPONENT_LIST: tuple[Component, ...] = (
                  _spec("tracker_features", (1, 256, GRID, GRID), "frame features (memory encoder, memory attention)"),
                  _spec("no_memory_features", (1, 256, GRID, GRID),
                        "tracker_features + no_mem_embed: the mask decoder's input on a frame without memory")),
+        onnx=OnnxStrategy("dynamo: a static per-frame graph"),
     ),
     Component(
         "prompt_encoder", "SAM prompt encoder: clicks / box corners -> sparse tokens, 'no mask' dense map",
@@ -447,6 +460,7 @@ COMPONENT_LIST: tuple[Component, ...] = (
                       "int32", range=(-1, 3))),
         outputs=(_spec("sparse_embeddings", ("objects", "points+1", 256), "point tokens + a padding token"),
                  _spec("dense_embeddings", ("objects", 256, GRID, GRID), "the learned 'no mask' embedding")),
+        onnx=OnnxStrategy("dynamo: objects and points are dynamic; labels pick embeddings with torch.where"),
     ),
     Component(
         "mask_decoder", "SAM two-way transformer: all 4 mask tokens, IoU, object score",
@@ -462,12 +476,15 @@ COMPONENT_LIST: tuple[Component, ...] = (
                  _spec("mask_tokens", ("objects", 4, 256), "SAM output tokens (object-pointer candidates)"),
                  OBJECT_SCORE),
         masks=("masks",),
+        onnx=OnnxStrategy("dynamo: objects and sparse tokens (points+1, a derived dimension) are dynamic; the "
+                          "frame's high-res features broadcast over objects"),
     ),
     Component(
         "object_pointer", "SAM output token -> object pointer (no_obj_ptr when the object is absent)",
         ("tracker.obj_ptr_proj.", "tracker.no_obj_ptr"), ObjectPointerGraph,
         inputs=(_spec("sam_token", ("objects", 256), "the chosen mask's token from mask_tokens"), OBJECT_SCORE),
         outputs=(_spec("object_pointer", ("objects", 256), "pointer stored in the memory bank"),),
+        onnx=OnnxStrategy("dynamo: objects are dynamic"),
     ),
     Component(
         "memory_encoder", "frame features + predicted mask -> 64-channel memory",
@@ -484,6 +501,8 @@ COMPONENT_LIST: tuple[Component, ...] = (
         # Smooth masks flip almost none; the golden mask of the synthetic weights is noise-like and
         # flips ~1.5% of the memory values (measured with ONNX Runtime).
         tolerance=Tolerance(outliers=0.02),
+        onnx=OnnxStrategy("dynamo: objects are dynamic; clicked vs tracked frame is a bool input, not a Python "
+                          "branch"),
     ),
     Component(
         "memory_attention", "4 RoPE layers: the frame attends to its memories and object pointers",
@@ -502,6 +521,8 @@ COMPONENT_LIST: tuple[Component, ...] = (
                       "int64", range=(16, 16))),
         outputs=(_spec("conditioned_features", ("objects", 256, GRID, GRID),
                        "memory-conditioned frame features, the mask decoder's image_embeddings"),),
+        onnx=OnnxStrategy("dynamo: memory frames (1..7), pointers (0..16) and objects are dynamic; RoPE "
+                          "tables indexed by token % 5184 keep the frame count free"),
     ),
 )
 

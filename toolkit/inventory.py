@@ -18,7 +18,8 @@ TRACKER_COMPONENTS = ("Memory Encoder Backbone", "Object Pointer", "SAM Mask Dec
                       "No Mem Pos Enc", "No Obj Embed Spatial", "No Obj Ptr")
 DISTILLED = {"Text Encoder": "MobileCLIP-S1 (distilled)", "Vision Encoder": "RepViT-M0.9 (distilled)"}
 
-# The rating of the report the checkpoint came with, and where this toolkit stands today.
+# The rating of the report the checkpoint came with (the toolkit's own column is derived from the
+# component registry: which exported components read the entries).
 REPORT_EXPORT = {
     "Text Encoder": "exportable", "Vision Encoder": "exportable", "Geometry Encoder": "exportable",
     "Scoring Module": "difficult", "Segmentation Head": "difficult",
@@ -26,12 +27,6 @@ REPORT_EXPORT = {
     "Memory Encoder Backbone": "exportable", "Object Pointer": "exportable",
     "SAM Mask Decoder": "exportable", "SAM Prompt Encoder": "exportable", "Memory Attention": "difficult",
 }
-TOOLKIT_EXPORT = {
-    **{c: "PyTorch verified vs golden; ONNX/.ptl pending" for c in DETECTOR_COMPONENTS},
-    "Dead ViT trunk": "dropped (never used)",
-}
-TRACKER_EXPORT = "PyTorch module; export pending"
-
 VISION_PARTS = (
     ("RepViT-M0.9 trunk + head", "detector.backbone.vision_backbone.trunk.model."),
     ("detector neck (convs)", "detector.backbone.vision_backbone.convs."),
@@ -64,6 +59,17 @@ def _count(shapes: Mapping[str, tuple[int, ...]], pred) -> tuple[int, int]:
     return n, k
 
 
+def toolkit_export(keys: set[str]) -> str:
+    """Which exported components (ONNX + .ptl, each verified) read these entries, or why none does."""
+    from .components import COMPONENT_LIST, UNUSED
+    live = [k for k in keys if not layout.is_dead_trunk_key(k)]
+    ours = [c.name for c in COMPONENT_LIST if any(k.startswith(c.prefixes) for k in live)]
+    if ours:
+        return "ONNX + .ptl: " + ", ".join(ours)
+    reasons = [why for prefix, why in UNUSED.items() if any(k.startswith(prefix) for k in live)]
+    return "not exported: " + "; ".join(reasons) if reasons else ""
+
+
 def component_rows(shapes: Mapping[str, tuple[int, ...]]) -> list[Row]:
     """Rows of the table for a checkpoint given as key -> shape (dead trunk included if present)."""
     total, total_keys = _count(shapes, lambda k: True)
@@ -79,15 +85,14 @@ def component_rows(shapes: Mapping[str, tuple[int, ...]]) -> list[Row]:
             keys = set(by_component.get(comp, ()))
             n, k = _count(shapes, keys.__contains__)
             rows.append(Row(comp, n, k, share(n), group, DISTILLED.get(comp, "SAM3 original"),
-                            REPORT_EXPORT.get(comp, "unknown"),
-                            TOOLKIT_EXPORT.get(comp, TRACKER_EXPORT), level=1))
+                            REPORT_EXPORT.get(comp, "unknown"), toolkit_export(keys), level=1))
             if comp == "Vision Encoder":
                 for part, prefix in VISION_PARTS:
                     n, k = _count(shapes, lambda key: key.startswith(prefix))
                     rows.append(Row(part, n, k, share(n), group, level=2))
                 n, k = _count(shapes, layout.is_dead_trunk_key)
                 rows.append(Row("dead SAM3 ViT trunk", n, k, share(n), group, "SAM3 teacher, unused", "",
-                                TOOLKIT_EXPORT["Dead ViT trunk"], level=2))
+                                "dropped (never used)", level=2))
     return rows
 
 

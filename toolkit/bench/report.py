@@ -1,0 +1,224 @@
+"""Benchmark results: the JSON schema (versioned, checked on read), a Markdown report, PNG plots.
+
+Schema `toolkit.bench/1` (one document per device and run):
+  schema, created, wall_seconds, threads, weights, load_average_end
+  config      BenchConfig as JSON (what was asked for)
+  device      describe(): cpu_model, board, cores, memory_gib, os, python, libraries, load_average
+              (at the start), and `url` (local or ssh://...)
+  peak        peak_gflops, median_gflops, threads, dtype, op
+  components  rows: component, runner, status (ok|skipped|failed), reason, artifact, size_bytes,
+              dims, latency_ms {n,p50,p90,p99,mean,std,min,max}, ratio_to_eager (p50 / torch p50),
+              gflops_per_s (GFLOP / p50), fraction_of_peak, memory {peak_rss_mib, net_mib, reset},
+              load_1min (the device's 1-minute load average when the timed runs ended)
+  flops       component -> {flops, gflop, source (onnx-graph | torch-flop-counter), by_op (FLOPs per
+              operator type), uncounted (operator -> nodes whose shapes stayed unknown)}
+  memory      measured, baseline_mib, method, baseline (or reason when not measured)
+  scenarios   rows: scenario, runner (eager | runner kind), status, reason, description,
+              latency_ms, ratio_to_eager, detail, load_1min
+  notes       (optional) remarks added to a finished document, one string each
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .harness import SCHEMA, sig3
+
+STATUSES = ("ok", "skipped", "failed")
+_TOP = {"schema": str, "created": str, "config": dict, "threads": int, "device": dict, "peak": dict,
+        "components": list, "flops": dict, "memory": dict, "scenarios": list}
+_ROW = {"component": str, "runner": str, "status": str}
+_SCENARIO = {"scenario": str, "runner": str, "status": str}
+_LATENCY = ("n", "p50", "p90", "p99", "mean", "std", "min", "max")
+
+
+def validate(doc: dict) -> dict:
+    """Raise ValueError naming the first problem; return the document."""
+    if not isinstance(doc, dict):
+        raise ValueError("results: not a JSON object")
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"results: schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+    for key, kind in _TOP.items():
+        if not isinstance(doc.get(key), kind):
+            raise ValueError(f"results: '{key}' missing or not a {kind.__name__}")
+    for where, rows, required in (("components", doc["components"], _ROW), ("scenarios", doc["scenarios"], _SCENARIO)):
+        for i, row in enumerate(rows):
+            for key, kind in required.items():
+                if not isinstance(row.get(key), kind):
+                    raise ValueError(f"results: {where}[{i}].{key} missing or not a {kind.__name__}")
+            if row["status"] not in STATUSES:
+                raise ValueError(f"results: {where}[{i}].status {row['status']!r} not one of {STATUSES}")
+            if row["status"] == "ok":
+                latency = row.get("latency_ms") or {}
+                missing = [k for k in _LATENCY if not isinstance(latency.get(k), (int, float))]
+                if missing:
+                    raise ValueError(f"results: {where}[{i}].latency_ms lacks {missing}")
+            elif not row.get("reason"):
+                raise ValueError(f"results: {where}[{i}] is {row['status']} without a reason")
+    return doc
+
+
+def load(path: str | Path) -> dict:
+    return validate(json.loads(Path(path).read_text()))
+
+
+def save_json(doc: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(validate(doc), indent=1) + "\n")
+
+
+def _num(x, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _reason(row: dict) -> str:
+    """The row's reason, each distinct part once."""
+    return "; ".join(dict.fromkeys((row.get("reason") or "").split("; ")))
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(doc: dict) -> str:
+    d, peak, mem = doc["device"], doc["peak"], doc["memory"]
+    libs = ", ".join(f"{k} {v}" for k, v in d.get("libraries", {}).items() if v)
+    cfg = doc["config"]
+    loads = [r["load_1min"] for r in doc["components"] + doc["scenarios"] if r.get("load_1min") is not None]
+    lines = [
+        f"# Benchmark on {d.get('url', 'local')}: {d.get('cpu_model')}", "",
+        (f"- date: {doc['created']}; wall time {doc.get('wall_seconds', 0) / 60:.1f} min"
+         + ("; **--quick smoke run**" if cfg.get("quick") else "")),
+        (f"- device: {d.get('cpu_model')}" + (f" ({d['board']})" if d.get("board") else "")
+         + f", {d.get('cores')} cores, {d.get('memory_gib')} GiB, {d.get('os')}, Python {d.get('python')}; {libs}"),
+        (f"- threads: {doc['threads']}; load average (1/5/15 min) at the start {d.get('load_average')}, "
+         f"at the end {doc.get('load_average_end')}"
+         + (f"; 1-minute load after each measurement {min(loads):.1f} to {max(loads):.1f}" if loads else "")),
+        f"- fp32 matmul peak, measured in this run: **{peak['peak_gflops']:.0f} GFLOP/s** "
+        f"(best of {peak['runs']}, median {peak['median_gflops']:.0f}; {peak['op']}, {peak['threads']} threads)",
+        f"- latency: {cfg['warmup']} warm-up + {cfg['repeats']} timed runs per component on its declared example "
+        f"inputs; scenarios {cfg['scenario_warmup']} warm-up + {cfg['scenario_repeats']} timed runs",
+        "- ratio = p50 / p50 of the eager PyTorch baseline in the same run (< 1: faster); "
+        "GFLOP/s = counted GFLOP / p50; % peak = GFLOP/s / the measured matmul peak",
+    ]
+    if doc.get("weights"):
+        lines.append(f"- weights: {doc['weights']} (speed does not depend on the values)")
+    if mem.get("measured"):
+        lines.append(f"- peak RSS: {mem['method']}; baseline {mem['baseline_mib']:.0f} MiB subtracted "
+                     f"(net); baseline = {mem['baseline']}")
+    else:
+        lines.append(f"- peak RSS: not measured ({mem.get('reason')})")
+    sources = sorted({f["source"] for f in doc["flops"].values() if f and f.get("source")})
+    if sources:
+        lines.append(f"- FLOPs counted from: {', '.join(sources)} (Conv, ConvTranspose, MatMul, Gemm, Einsum, "
+                     "attention; 2 per multiply-add)")
+
+    ok = [r for r in doc["components"] if r["status"] == "ok"]
+    rows = []
+    for r in ok:
+        lat, m = r["latency_ms"], r.get("memory") or {}
+        gflop = (doc["flops"].get(r["component"]) or {}).get("gflop")
+        rows.append([r["component"], r["runner"], sig3(lat["p50"]), sig3(lat["p90"]), sig3(lat["p99"]),
+                     f"{sig3(lat['mean'])} ± {sig3(lat['std'])}", _num(r.get("ratio_to_eager"), "{:.2f}"),
+                     sig3(gflop), sig3(r.get("gflops_per_s")),
+                     sig3(None if r.get("fraction_of_peak") is None else 100 * r["fraction_of_peak"]),
+                     _num(m.get("peak_rss_mib"), "{:.0f}") + " (" + _num(m.get("net_mib"), "{:.0f}") + ")",
+                     _num(None if r.get("size_bytes") is None else r["size_bytes"] / 1e6)])
+    lines += ["", "## Components", ""]
+    lines += _table(["component", "runner", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "ratio", "GFLOP",
+                     "GFLOP/s", "% peak", "peak RSS MiB (net)", "size MB"], rows)
+    other = [r for r in doc["components"] if r["status"] != "ok"]
+    if other:
+        lines += ["", "### Not run", ""]
+        lines += _table(["component", "runner", "status", "reason"],
+                        [[r["component"], r["runner"], r["status"], _reason(r)] for r in other])
+    if doc["scenarios"]:
+        lines += ["", "## End-to-end scenarios", ""]
+        srows = []
+        for r in doc["scenarios"]:
+            lat = r.get("latency_ms")
+            detail = ", ".join(f"{k} {v}" for k, v in (r.get("detail") or {}).items())
+            srows.append([r["scenario"], r["runner"], r["status"], _num(lat and lat["p50"] / 1e3, "{:.2f}"),
+                          _num(lat and lat["p90"] / 1e3, "{:.2f}"),
+                          f"{lat['mean'] / 1e3:.2f} ± {lat['std'] / 1e3:.2f}" if lat else "-",
+                          _num(r.get("ratio_to_eager"), "{:.2f}"), detail or _reason(r)])
+        lines += _table(["scenario", "runner", "status", "p50 s", "p90 s", "mean ± std s", "ratio", "detail / reason"],
+                        srows)
+        lines += ["", *(f"- {name}: {desc}" for name, desc in
+                        {r["scenario"]: r.get("description", "") for r in doc["scenarios"]}.items())]
+    if doc.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {note}" for note in doc["notes"])]
+    if doc["flops"]:
+        lines += ["", "## FLOPs per component", ""]
+        lines += _table(["component", "GFLOP", "source", "by operator (GFLOP)", "uncounted nodes"], [
+            [name, sig3(f.get("gflop")), f.get("source") or "-",
+             ", ".join(f"{k} {sig3(v / 1e9)}" for k, v in (f.get("by_op") or {}).items()) or (f.get("error") or "-"),
+             ", ".join(f"{k} x{v}" for k, v in (f.get("uncounted") or {}).items()) or "-"]
+            for name, f in doc["flops"].items() if f])
+    return "\n".join(lines) + "\n"
+
+
+def plots(doc: dict, out: str | Path) -> list[Path]:
+    """latency.png (p50 with a p90 whisker, per component and runner), memory.png (net peak RSS),
+    scenarios.png (p50 seconds per scenario and runner). Returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = Path(out)
+    written = []
+    device = doc["device"].get("cpu_model") or doc["device"].get("url")
+    ok = [r for r in doc["components"] if r["status"] == "ok"]
+
+    def grouped(rows, groups_key, value, whisker, title, xlabel, path, log):
+        groups = list(dict.fromkeys(r[groups_key] for r in rows))
+        runners = list(dict.fromkeys(r["runner"] for r in rows))
+        if not groups:
+            return
+        height = 0.8 / max(len(runners), 1)
+        fig, ax = plt.subplots(figsize=(9, 0.5 + 0.32 * len(groups) * max(len(runners), 1) ** 0.7 + 1))
+        for j, runner in enumerate(runners):
+            ys, xs, errs = [], [], []
+            for i, g in enumerate(groups):
+                row = next((r for r in rows if r[groups_key] == g and r["runner"] == runner), None)
+                if row is None or value(row) is None:
+                    continue
+                ys.append(i + (j - (len(runners) - 1) / 2) * height)
+                xs.append(value(row))
+                errs.append(max(whisker(row) - value(row), 0) if whisker else 0)
+            ax.barh(ys, xs, height=height, label=runner, xerr=[np.zeros(len(errs)), errs] if whisker else None,
+                    capsize=2)
+        ax.set_yticks(np.arange(len(groups)), groups)
+        ax.invert_yaxis()
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    grouped(ok, "component", lambda r: r["latency_ms"]["p50"], lambda r: r["latency_ms"]["p90"],
+            f"Latency per component (p50, whisker to p90), {doc['threads']} threads\n{device}",
+            "milliseconds (log scale)", out / "latency.png", True)
+    with_memory = [r for r in ok if (r.get("memory") or {}).get("net_mib") is not None]
+    grouped(with_memory, "component", lambda r: r["memory"]["net_mib"], None,
+            f"Peak resident memory per component (net of the {doc['memory'].get('baseline_mib', 0):.0f} MiB "
+            f"harness baseline)\n{device}", "MiB", out / "memory.png", False)
+    scen = [r for r in doc["scenarios"] if r["status"] == "ok"]
+    grouped(scen, "scenario", lambda r: r["latency_ms"]["p50"] / 1e3, lambda r: r["latency_ms"]["p90"] / 1e3,
+            f"End-to-end scenarios (p50, whisker to p90), {doc['threads']} threads\n{device}", "seconds",
+            out / "scenarios.png", False)
+    return written
+
+
+def write(doc: dict, out: str | Path) -> list[Path]:
+    """results.json, results.md and the plots under `out` (which must exist)."""
+    out = Path(out)
+    save_json(doc, out / "results.json")
+    (out / "results.md").write_text(markdown(doc))
+    return [out / "results.json", out / "results.md", *plots(doc, out)]

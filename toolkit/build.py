@@ -1,0 +1,494 @@
+"""`toolkit build --target X`: a deployable bundle from a checkpoint, each artifact verified or its
+pending check stated.
+
+The job, reported step by step through `progress`:
+1. the target file says what each component becomes (format, precision, fallback, settings);
+2. `toolkit export`'s job makes the ONNX / .ptl the formats start from, verified against PyTorch,
+   in a content-hash cache shared by all builds (default ~/.cache/esam3-toolkit/export/<weights>);
+3. one stage per component and format: copy (onnx, ptl), ONNX Runtime Mobile conversion (ort),
+   TensorRT-ready ONNX with the operator check (tensorrt), Core ML conversion with the spec check
+   (coreml). A stage that fails, or an export that fails verification, moves the component to the
+   target's fallback format with the reason in the manifest; without a fallback the build fails;
+4. every artifact that is not a verified export's exact copy is checked against the PyTorch model
+   where its runtime exists here (`verify_bundle.verify_artifact`); Core ML parity (macOS) and the
+   TensorRT engines (built on the device) are recorded as pending, with the command that does them;
+5. tokenizer files, the prompt-embedding cache (`concepts`), pre/post-processing constants and the
+   manifest, written last. Everything is written to a temporary sibling directory renamed at the
+   end (`outputs.fresh_output_dir`): an interrupted build leaves no directory that verifies, and an
+   existing bundle is replaced only with `force`.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import __version__, layout
+from .bundle import SCHEMA_ID, create_archive, file_entries, write_manifest
+from .components import COMPONENTS, Component
+from .errors import ToolkitError
+from .outputs import fresh_output_dir
+from .pipeline import memory_bank, video
+from .preprocess import IMAGE_SIZE
+from .spec import DIMS
+from .targets import ComponentPlan, Target
+from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
+from .verify_bundle import Reference, verify_artifact, weights_digest
+
+ARTIFACT_SUFFIX = {"onnx": ".onnx", "ort": ".ort", "coreml": ".mlpackage", "tensorrt": ".onnx", "ptl": ".ptl"}
+EXPORT_OF = {"onnx": "onnx", "ort": "onnx", "tensorrt": "onnx", "ptl": "ptl"}  # coreml starts from the torch graph
+_TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "coremltools", "numpy")
+
+PREPROCESS = {
+    "image_size": IMAGE_SIZE, "channel_order": "RGB", "layout": "NCHW", "dtype": "float32", "scale": 1 / 255,
+    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+    "resize": {
+        "image": "detector path (toolkit segment / run --image): the uint8 RGB image resized to 1008x1008 "
+                 "(aspect ratio not kept) with bilinear interpolation, antialiasing and half-pixel centres, "
+                 "rounded to uint8 (= torch interpolate(mode='bilinear', antialias=True, align_corners=False) "
+                 "on uint8 = torchvision v2 Resize); then x * scale, (x - mean) / std",
+        "video_frame": "tracker path (toolkit track / run --frames): PIL Image.resize((1008, 1008)) (bicubic), "
+                       "x / 255 in float64, cast to float32, (x - mean) / std",
+    },
+}
+POSTPROCESS = {
+    "image": {
+        "score": "sigmoid(pred_logits[0, q, 0]) * sigmoid(presence_logit[0, 0])",
+        "default_threshold": 0.5, "keep": "queries with score > threshold, in query order",
+        "boxes": "pred_boxes (normalised cx, cy, w, h) -> x0, y0, x1, y1 times (W, H, W, H) of the original image",
+        "masks": "pred_masks logits (288x288) resized bilinearly with half-pixel centres to the original H x W, "
+                 "sigmoid; a pixel is in the mask when the probability > mask_threshold",
+        "mask_threshold": 0.5,
+        "prompt": "prompt = text_features ++ geometry_tokens (sequence axis), prompt_mask = text_mask ++ "
+                  "geometry_mask; boxes normalised cx, cy, w, h of the original image",
+    },
+    "tracker": {
+        "frame_output": "the chosen 288x288 mask logits resized bilinearly (half-pixel centres) to the frame size; "
+                        "a pixel is in the mask when the logit > 0; the object is present when its score logit > 0",
+        "mask_choice": "mask_decoder gives 4 masks: with at most multimask_max_points prompt points (tracked "
+                       "frames have none) the best predicted IoU among masks 1..3, else mask 0 (falling back to "
+                       "the best of 1..3 when mask 0 is unstable); masks of an absent object are no_object_score",
+        "multimask_max_points": memory_bank.MULTIMASK_MAX_POINTS, "no_object_score": -1024.0,
+        "num_maskmem": memory_bank.NUM_MASKMEM, "max_conditioning_frames": memory_bank.MAX_COND_FRAMES,
+        "max_object_pointers": memory_bank.MAX_OBJ_PTRS, "selection_threshold": memory_bank.SELECTION_THRESHOLD,
+        "max_prompt_points": video.MAX_PROMPT_POINTS, "memory_storage_dtype": "bfloat16",
+        "memory_bank_rules": "toolkit/pipeline/memory_bank.py (plain Python over frame indices)",
+    },
+}
+TOKENIZER_LICENSE = "LICENSE-open_clip-bpe.txt"
+
+
+@dataclass
+class BuildReport:
+    out: str
+    target: str
+    weights: str
+    seconds: float
+    bytes: int
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+    archive: str | None = None
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"toolkit": __version__, "python": sys.version.split()[0]}
+    for name in _TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def default_cache_dir(state_digest: str) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "esam3-toolkit" / "export" / state_digest[:16]
+
+
+def read_concepts(path: str | Path) -> list[str]:
+    """One concept per line; blank lines and '#' comments skipped, duplicates dropped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ToolkitError(f"cannot read --concepts {path}: {e}") from e
+    concepts = list(dict.fromkeys(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    if not concepts:
+        raise ToolkitError(f"--concepts {path} holds no concept (one per line)")
+    return concepts
+
+
+def io_entries(comp: Component, changed: Mapping | None = None) -> tuple[list[dict], list[dict]]:
+    """The manifest's I/O entries: declared name, dtype, shape, doc, range, and how the artifact
+    takes each tensor (`changed`: {"inputs"|"outputs": {name: {dtype?, shape?}}})."""
+    changed = changed or {}
+    def entries(specs, kind):
+        out = []
+        for s in specs:
+            diff = changed.get(kind, {}).get(s.name, {})
+            out.append({"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "doc": s.doc,
+                        "range": list(s.range) if s.range else None,
+                        "artifact_dtype": diff.get("dtype", s.dtype),
+                        "artifact_shape": diff.get("shape", list(s.shape))})
+        return out
+    return entries(comp.inputs, "inputs"), entries(comp.outputs, "outputs")
+
+
+def declared_dims(comp: Component) -> dict[str, list[int]]:
+    return {d.name: [d.min, d.typical, d.max] for d in comp.dims()}
+
+
+class _Job:
+    """One build: the target, the weights, the export cache, the bundle being written."""
+
+    def __init__(self, target: Target, state: Mapping[str, Tensor], label: str, root: Path, cache_dir: Path,
+                 golden: bool | None, progress: Callable[[str], None]):
+        self.target, self.state, self.label, self.root, self.cache_dir = target, state, label, root, cache_dir
+        self.progress = progress
+        self.reference = Reference(state, golden, progress)
+        self.export_rows: dict[tuple[str, str], dict] = {}
+        self.entries: dict[str, dict] = {}
+        self.final_plans: dict[str, ComponentPlan] = {}
+        self.fallbacks: dict[str, tuple[str, str]] = {}  # component -> (format it failed in, why)
+        (root / "models").mkdir(parents=True)
+
+    # --- exports -----------------------------------------------------------------------------
+    def export(self, names: Iterable[str], fmt: str) -> None:
+        """Run `toolkit export` for the components whose `fmt` artifact is not there yet."""
+        from .export import run_export
+        todo = [n for n in names if (n, fmt) not in self.export_rows]
+        if not todo:
+            return
+        self.progress(f"export: {fmt} of {', '.join(todo)} (cache {self.cache_dir})")
+        report = run_export(self.cache_dir, self.state, self.label, todo, [fmt], progress=self.progress)
+        for row in report.rows:
+            self.export_rows[row["component"], row["format"]] = row
+
+    def exported(self, name: str, fmt: str) -> tuple[Path | None, dict]:
+        row = self.export_rows[name, fmt]
+        return (self.cache_dir / row["file"] if row["ok"] else None), row
+
+    # --- stages (each returns the artifact's manifest entry fields, or raises _StageFailed) ----------
+    def stage_copy(self, plan: ComponentPlan) -> dict:
+        comp = COMPONENTS[plan.component]
+        source, row = self.exported(comp.name, plan.format)
+        if source is None:
+            raise _StageFailed("; ".join(row["failures"]) or f"the {plan.format} export failed")
+        rel = f"models/{comp.name}{ARTIFACT_SUFFIX[plan.format]}"
+        shutil.copyfile(source, self.root / rel)
+        inputs, outputs = io_entries(comp)
+        verification = {"status": "passed", "runtime": _export_runtime(plan.format),
+                        "verified_by": f"toolkit export (this exact file, {row['file']} in the export cache)",
+                        **{k: row[k] for k in ("cases", "max_abs_error", "max_rel_error", "min_mask_iou",
+                                               "max_outlier_fraction")}}
+        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
+                "verification": verification,
+                "provenance": {"stages": [f"torch -> {plan.format} ({row['exporter']})", "copy"],
+                               "opset": row["opset"], "export_seconds": row["export_seconds"]}}
+
+    def stage_ort(self, plans: list[ComponentPlan]) -> dict[str, dict]:
+        """All .ort files in one conversion (one required_operators.config for the whole bundle)."""
+        from .convert.ort_mobile import convert_to_ort
+        sources, failed = {}, {}
+        for plan in plans:
+            source, row = self.exported(plan.component, "onnx")
+            if source is None:
+                failed[plan.component] = "; ".join(row["failures"]) or "the ONNX export failed"
+            else:
+                sources[plan.component] = source
+        results: dict[str, dict] = {name: {"failed": reason} for name, reason in failed.items()}
+        if not sources:
+            return results
+        settings = self.target.settings["ort"]
+        self.progress(f"ort: converting {len(sources)} models to the ONNX Runtime Mobile format "
+                      f"(target_platform={settings['target_platform']}, {settings['optimization_style']})")
+        try:
+            conversion = convert_to_ort(sources, self.root / "models", settings["target_platform"],
+                                        settings["optimization_style"])
+        except Exception as e:  # noqa: BLE001 - the converter failing moves these components to the fallback
+            reason = f"ONNX Runtime Mobile conversion failed: {type(e).__name__}: {str(e).strip()[:300]}"
+            return {**results, **{name: {"failed": reason} for name in sources}}
+        os.replace(conversion.config, self.root / "required_operators.config")
+        for name, path in conversion.files.items():
+            comp = COMPONENTS[name]
+            inputs, outputs = io_entries(comp)
+            results[name] = {"file": f"models/{path.name}", "inputs": inputs, "outputs": outputs,
+                             "dims": declared_dims(comp),
+                             "provenance": {"stages": ["torch -> onnx", "onnx -> ort ({optimization_style}, "
+                                                       "{target_platform})".format(**settings)],
+                                            "convert_seconds": round(conversion.seconds, 2)}}
+        return results
+
+    def stage_tensorrt(self, plan: ComponentPlan) -> dict:
+        import onnx
+
+        from .convert.tensorrt import check_operators, make_trt_ready, operator_list
+        comp = COMPONENTS[plan.component]
+        source, row = self.exported(comp.name, "onnx")
+        if source is None:
+            raise _StageFailed("; ".join(row["failures"]) or "the ONNX export failed")
+        rel = f"models/{comp.name}.onnx"
+        changed = make_trt_ready(source, self.root / rel)
+        ops = operator_list(self.target.settings["tensorrt"]["version"])
+        problems = check_operators(onnx.load(str(self.root / rel)), ops)
+        if problems:
+            (self.root / rel).unlink()
+            raise _StageFailed(f"not accepted by TensorRT {ops.requested} ({ops.label}): " + "; ".join(problems))
+        inputs, outputs = io_entries(comp, changed)
+        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
+                "checks": {"tensorrt_operators": {"passed": True, "list": ops.label, "list_source": ops.source,
+                                                  "parser_opsets": list(ops.opsets)}},
+                "provenance": {"stages": ["torch -> onnx", "onnx -> TensorRT-ready onnx (int32 I/O)"],
+                               "opset": row["opset"]}}
+
+    def stage_coreml(self, plan: ComponentPlan) -> dict:
+        from .convert.coreml import check_package, convert_coreml, inspect_package
+        comp = COMPONENTS[plan.component]
+        settings = self.target.settings["coreml"]
+        rel = f"models/{comp.name}.mlpackage"
+        self.progress(f"{comp.name}: Core ML conversion ({plan.precision}, {settings['minimum_deployment_target']}"
+                      + (f", {plan.compression}" if plan.compression != "none" else "") + ")")
+        try:
+            info = convert_coreml(self.reference.exported_graph(comp), comp.inputs, comp.outputs, comp.example(),
+                                  self.root / rel, plan.precision, settings["minimum_deployment_target"],
+                                  settings["compute_units"], plan.compression)
+        except Exception as e:  # noqa: BLE001 - a converter failure moves the component to the fallback
+            shutil.rmtree(self.root / rel, ignore_errors=True)
+            raise _StageFailed(f"Core ML conversion failed: {type(e).__name__}: {str(e).strip()[:300]}") from e
+        inputs, outputs = io_entries(comp, info.io)
+        package = inspect_package(self.root / rel)
+        problems = check_package(package, inputs, outputs, info.io["dims"])
+        if problems:
+            shutil.rmtree(self.root / rel, ignore_errors=True)
+            raise _StageFailed("the Core ML package does not match the declaration: " + "; ".join(problems))
+        narrowed = [f"{d} {declared_dims(comp)[d][0]} -> {v[0]}" for d, v in info.io["dims"].items()
+                    if v[0] != declared_dims(comp)[d][0]]
+        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": info.io["dims"],
+                "checks": {"coreml_spec": {"passed": True, "specification_version": package["specification_version"],
+                                           "opset": package["opset"], "op_count": package["op_count"],
+                                           "ops": package["ops"], "size_bytes": package["size_bytes"],
+                                           "io_names_types_ranges": "match the declaration",
+                                           "narrowed_dims": narrowed}},
+                "provenance": {"stages": ["torch -> jit.trace -> coremltools mlprogram"] +
+                               ([f"weight compression {plan.compression}"] if plan.compression != "none" else []),
+                               "seconds": round(info.seconds, 2)}}
+
+    # --- verification --------------------------------------------------------------------------
+    def verify(self, name: str, entry: dict) -> dict:
+        self.progress(f"{name} [{entry['format']}]: verifying against PyTorch")
+        result = verify_artifact(COMPONENTS[name], entry, self.root / entry["file"], self.reference)
+        if result["status"] == "pending" and entry["format"] == "coreml":
+            result["reason"] = (f"{result['reason']}: parity is pending a macOS run (scripts/macos_parity.py, "
+                                ".github/workflows/macos-parity.yml); the package spec was checked here")
+        self.reference.forget(COMPONENTS[name])
+        return result
+
+
+class _StageFailed(Exception):
+    pass
+
+
+def _export_runtime(fmt: str) -> str:
+    from .bundle_runtime import runtime_label
+    return runtime_label("onnx" if fmt == "onnx" else "ptl")
+
+
+def _prompt_cache(job: _Job, concepts: list[str]) -> dict:
+    """text_encoder outputs of every concept with the PyTorch reference (fp32)."""
+    job.progress(f"prompt cache: encoding {len(concepts)} concepts")
+    tokenizer, graph = Tokenizer(), job.reference.graphs["text_encoder"]
+    ids = tokenizer(concepts)
+    with torch.inference_mode():
+        encoded = [graph(ids[i:i + 1]) for i in range(len(concepts))]
+    arrays = {"token_ids": ids.numpy(), "text_features": np.stack([f[:, 0].numpy() for f, _ in encoded]),
+              "text_mask": np.stack([m[0].numpy() for _, m in encoded])}
+    np.savez(job.root / "prompt_cache.npz", **arrays)
+    return {"file": "prompt_cache.npz", "concepts": concepts, "computed_with": "PyTorch reference, fp32",
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
+            "use": "concept i: text_features[i][:, None] is text_encoder's text_features (77,1,256), "
+                   "text_mask[i][None] its text_mask (1,77); token_ids[i] the tokenizer output it replaces"}
+
+
+def _tokenizer(root: Path) -> dict:
+    (root / "tokenizer").mkdir()
+    for name in (VOCAB_FILE, TOKENIZER_LICENSE):
+        (root / "tokenizer" / name).write_bytes(files("toolkit").joinpath("data", name).read_bytes())
+    tok = Tokenizer()
+    return {"kind": "CLIP byte-level BPE (open_clip SimpleTokenizer)", "vocabulary": f"tokenizer/{VOCAB_FILE}",
+            "license": f"tokenizer/{TOKENIZER_LICENSE}", "context_length": CONTEXT_LENGTH,
+            "start_id": tok.start_id, "end_id": tok.end_id, "pad_id": 0,
+            "cleaning": "ftfy.fix_text, html.unescape twice, whitespace collapsed, lower-case; ids = start, BPE ids, "
+                        "end, zero padding to context_length (a longer text is cut, keeping the end id last)"}
+
+
+def _engines(job: _Job, tensorrt_plans: list[ComponentPlan]) -> dict:
+    """engines/build_engines.sh, and the engines themselves where TensorRT is importable here."""
+    from .convert.tensorrt import build_engine, engine_script, profiles, tensorrt_status
+    settings = job.target.settings["tensorrt"]
+    jobs = []
+    for plan in tensorrt_plans:
+        entry = job.entries[plan.component]
+        jobs.append((plan.component, entry["file"], f"engines/{plan.component}.plan",
+                     profiles(entry["inputs"], entry["dims"]), plan.precision))
+    (job.root / "engines").mkdir()
+    script = job.root / "engines" / "build_engines.sh"
+    script.write_text(engine_script(jobs, settings))
+    script.chmod(0o755)
+    version, reason = tensorrt_status()
+    info = {"script": "engines/build_engines.sh", "tensorrt": settings["version"], "jetpack": settings["jetpack"],
+            "engines": {c: {"file": e, "onnx": o, "precision": p, "profile": prof} for c, o, e, prof, p in jobs}}
+    if version is None:
+        job.progress(f"TensorRT engines: not built here ({reason}); run engines/build_engines.sh on the device")
+        info["status"] = f"pending: {reason}; build them on the device with engines/build_engines.sh"
+        return info
+    for component, onnx_rel, engine_rel, profile, precision in jobs:
+        job.progress(f"{component}: building the TensorRT {version} engine")
+        build_engine(job.root / onnx_rel, job.root / engine_rel, profile, precision, settings["workspace_mib"])
+    info["status"] = (f"built here with TensorRT {version} (usable only on this GPU and TensorRT version; "
+                      "rebuild on the device with engines/build_engines.sh)")
+    return info
+
+
+def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weights_label: str,
+              embedded_default: bool, checkpoint_path: str | None = None, concepts: list[str] | None = None,
+              components: list[str] | None = None, cache_dir: str | Path | None = None, force: bool = False,
+              archive: bool = False, golden: bool | None = None,
+              progress: Callable[[str], None] = lambda message: None) -> BuildReport:
+    start = time.perf_counter()
+    names = list(components or COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise ToolkitError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
+    out = Path(out)
+    progress(f"weights digest of {weights_label}")
+    digest = weights_digest(state)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(digest)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with fresh_output_dir(out, force) as root:
+        job = _Job(target, state, weights_label, root, cache_dir, golden, progress)
+        plans = {n: target.plans[n] for n in names}
+        entries = _build_components(job, plans)
+        manifest = {
+            "schema": SCHEMA_ID,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": {"name": layout.MODEL_NAME, "weights": weights_label, "weights_sha256": digest,
+                      "embedded_default": embedded_default, "checkpoint": checkpoint_path},
+            "target": target.to_json(),
+            "preprocess": PREPROCESS, "postprocess": POSTPROCESS, "tokenizer": _tokenizer(root),
+            "prompt_cache": _prompt_cache(job, concepts) if concepts else None,
+            "dims": {d.name: {"min": d.min, "typical": d.typical, "max": d.max, "doc": d.doc} for d in DIMS.values()},
+            "components": entries,
+            "engines": _engines(job, [p for n, p in job.final_plans.items() if p.format == "tensorrt"])
+            if any(p.format == "tensorrt" for p in job.final_plans.values()) else None,
+            "ort": {"required_operators": "required_operators.config",
+                    "use": "build a reduced ONNX Runtime with --include_ops_by_config required_operators.config"}
+            if (root / "required_operators.config").exists() else None,
+            "tools": tool_versions(),
+            "build": {},
+        }
+        notes = _notes(manifest, embedded_default)
+        manifest["files"] = file_entries(root)
+        size = sum(f["bytes"] for f in manifest["files"])
+        manifest["build"] = {"seconds": round(time.perf_counter() - start, 1), "bytes": size, "notes": notes,
+                             "export_cache": str(cache_dir), "components_built": names}
+        write_manifest(root, manifest)
+        root.chmod(0o755)  # the temporary directory was created private (0700)
+        progress(f"manifest written ({len(manifest['files'])} files, {size / 2**20:.1f} MiB)")
+    archive_path = None
+    if archive:
+        archive_path = str(create_archive(out, out.with_name(out.name + ".tar.gz")))
+        progress(f"archive {archive_path}")
+    rows = [{"component": n, **{k: e[k] for k in ("format", "precision", "file")},
+             "status": e["verification"]["status"], "fallback_from": e.get("fallback_from"),
+             "max_abs_error": e["verification"].get("max_abs_error"), "reason": e["verification"].get("reason", "")}
+            for n, e in entries.items()]
+    return BuildReport(str(out), target.name, weights_label, time.perf_counter() - start, size, rows, notes,
+                       archive_path)
+
+
+def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, dict]:
+    """Run every component's stage (with fallbacks) and verification; returns manifest entries."""
+    job.final_plans = dict(plans)
+    todo = dict(plans)
+    for attempt in range(2):  # first the planned formats, then the fallbacks of those that failed
+        for fmt in sorted({EXPORT_OF[p.format] for p in todo.values() if p.format in EXPORT_OF}):
+            job.export([n for n, p in todo.items() if EXPORT_OF.get(p.format) == fmt], fmt)
+        failed: dict[str, str] = {}
+        ort_plans = [p for p in todo.values() if p.format == "ort"]
+        if ort_plans:
+            for name, result in job.stage_ort(ort_plans).items():
+                if "failed" in result:
+                    failed[name] = result["failed"]
+                else:
+                    job.entries[name] = result
+        for name, plan in todo.items():
+            if plan.format == "ort":
+                continue
+            stage = {"onnx": job.stage_copy, "ptl": job.stage_copy, "tensorrt": job.stage_tensorrt,
+                     "coreml": job.stage_coreml}[plan.format]
+            try:
+                job.entries[name] = stage(plan)
+            except _StageFailed as e:
+                failed[name] = str(e)
+        for name in todo:
+            if name in job.entries and "verification" not in job.entries[name]:
+                entry = {**job.entries[name], "format": todo[name].format, "precision": todo[name].precision}
+                job.entries[name]["verification"] = job.verify(name, entry)
+                if job.entries[name]["verification"]["status"] == "failed":
+                    failed[name] = "; ".join(job.entries[name]["verification"]["failures"][:3])
+                    _remove(job.root / job.entries.pop(name)["file"])
+        retry = {}
+        for name, reason in failed.items():
+            plan = todo[name]
+            if attempt == 1 or plan.fallback is None:
+                raise ToolkitError(f"{name}: {plan.format} failed and the target has no fallback for it: {reason}")
+            job.progress(f"{name}: {plan.format} failed ({reason[:200]}); falling back to {plan.fallback}")
+            retry[name] = plan.fallback_plan()
+            job.final_plans[name] = retry[name]
+            job.fallbacks[name] = (plan.format, reason)
+        if not retry:
+            break
+        todo = retry
+    entries = {}
+    for name in plans:
+        plan, entry = job.final_plans[name], job.entries[name]
+        source = job.fallbacks.get(name)
+        entries[name] = {"doc": COMPONENTS[name].doc, "format": plan.format, "precision": plan.precision,
+                         "compression": plan.compression, "fallback_from": source[0] if source else None,
+                         "fallback_reason": source[1] if source else None, "note": plan.note, **entry}
+    return entries
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _notes(manifest: dict, embedded_default: bool) -> list[str]:
+    notes = []
+    if embedded_default:
+        notes.append("built from the embedded default checkpoint: deterministic weights, NOT the trained "
+                     "EfficientSAM3 weights (pass --checkpoint for a real model)")
+    pending = [n for n, e in manifest["components"].items() if e["verification"]["status"] == "pending"]
+    if pending:
+        notes.append(f"parity pending for {', '.join(pending)}: "
+                     + manifest["components"][pending[0]]["verification"]["reason"])
+    for name, entry in manifest["components"].items():
+        if entry.get("fallback_from"):
+            notes.append(f"{name}: {entry['fallback_from']} could not take it ({entry['fallback_reason'][:200]}); "
+                         f"shipped as {entry['format']}")
+    if manifest["engines"]:
+        notes.append(f"TensorRT engines: {manifest['engines']['status']}")
+        checks = next(e["checks"]["tensorrt_operators"] for e in manifest["components"].values()
+                      if e["format"] == "tensorrt")
+        notes.append(f"operators checked against the {checks['list']}")
+    return notes

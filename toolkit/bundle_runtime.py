@@ -1,0 +1,395 @@
+"""Running a bundle: component runners from its artifacts, and the pipelines driven by them.
+
+`component_runner` turns a manifest entry into a `Runner` (ONNX Runtime for .onnx / .ort and the
+TensorRT-ready ONNX, the lite interpreter for .ptl, Core ML on macOS), converting at the boundary
+where an artifact's tensor types differ from the declaration (`ArtifactRunner`).
+
+The pipelines of `toolkit segment` / `toolkit track` call the PyTorch model's stage methods; the
+adapters below give them the same methods served by component runners, so a bundle runs exactly
+the pipeline code (pre-processing, prompt assembly, memory bank, post-processing) of the
+reference:
+
+- `RunnerDetector` provides `encode_image`, `encode_text`, `forward_grounding` for
+  `ImageSegmenter`, and answers `encode_text` from the bundle's prompt cache when the prompt's
+  token ids are in it (the text encoder then does not run);
+- `RunnerTracker` is a `VideoTracker` whose frame encoding and memory-attention inputs come from
+  the runners, with `RunnerTrackerModules` in place of `TrackerModules`: the SAM-head logic
+  (`TrackerModules.sam_heads`, `SamMaskDecoder.forward`'s mask choice) is the reference's own
+  code, run over the prompt-encoder / mask-decoder / object-pointer runners.
+
+Boundaries that differ from the reference's method boundaries, and how they are bridged:
+the memory_encoder component takes the 288x288 mask logits and upsamples inside, while the
+pipeline hands over the 1008x1008 upsampled mask: the adapter finds the 288 mask among those the
+SAM heads produced whose exact upsampling it is (and refuses a mask it cannot trace back). The
+memory_attention component takes the bank's raw memories with their slot indices and computes
+the position encodings inside, so `memory_inputs` returns those. Text prompts for tracking use
+the mask-prompt path (`mask_downsample`), which no component exports: a bundle tracks clicks
+and boxes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bundle import Bundle
+from .convert.cache import file_sha256
+from .errors import ToolkitError
+from .model.detector import Recorder
+from .model.position import PositionEmbeddingSine
+from .model.tracker import TrackerModules
+from .model.tracker.mask_decoder import SamMaskDecoder
+from .model.tracker.memory_encoder import MEM_DIM
+from .pipeline.memory_bank import MemoryBank, MemoryPlan
+from .pipeline.video import IMAGE_SIZE, FrameFeatures, Memory, VideoTracker
+from .preprocess import preprocess_frame
+from .runners import Runner
+from .tokenizer import VOCAB_FILE
+
+DETECTOR_COMPONENTS = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
+                       "scoring", "segmentation_head")
+TRACKER_COMPONENTS = ("vision_encoder", "tracker_neck", "prompt_encoder", "mask_decoder", "object_pointer",
+                      "memory_encoder", "memory_attention")
+
+
+# --- runners over artifacts ---------------------------------------------------------------------
+
+class ArtifactRunner(Runner):
+    """An artifact runner speaking the declaration's tensor types: feeds are converted to the
+    artifact's dtypes / shapes (int32 for bool and int64, (1,) for a scalar), outputs back."""
+
+    def __init__(self, inner: Runner, inputs: list[dict], outputs: list[dict]):
+        super().__init__([e["name"] for e in inputs], [e["name"] for e in outputs])
+        self.inner, self.inputs, self.outputs = inner, inputs, outputs
+        self.name = inner.name
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        converted = {}
+        for e in self.inputs:
+            x = np.asarray(feeds[e["name"]]).astype(e["artifact_dtype"], copy=False)
+            converted[e["name"]] = x.reshape(1) if not e["shape"] and e["artifact_shape"] == [1] else x
+        got = self.inner.infer(converted)
+        out = []
+        for e in self.outputs:
+            y = np.asarray(got[e["name"]])
+            y = y != 0 if e["dtype"] == "bool" and y.dtype != bool else y.astype(e["dtype"], copy=False)
+            out.append(y.reshape(()) if not e["shape"] else y)
+        return out
+
+
+def runtime_unavailable(fmt: str) -> str | None:
+    """Why artifacts of `fmt` cannot run on this machine, or None."""
+    import importlib.util
+    import platform
+    if fmt in ("onnx", "ort", "tensorrt") and importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    if fmt == "coreml" and platform.system() != "Darwin":
+        return "Core ML prediction needs macOS"
+    return None
+
+
+def runtime_label(fmt: str) -> str:
+    from importlib import metadata
+    if fmt in ("onnx", "ort", "tensorrt"):
+        what = {"onnx": "", "ort": " (.ort)", "tensorrt": " (the TensorRT-ready ONNX)"}[fmt]
+        return f"onnxruntime {metadata.version('onnxruntime')} CPU{what}"
+    if fmt == "ptl":
+        return f"torch {torch.__version__} lite interpreter"
+    return f"coremltools {metadata.version('coremltools')} (Core ML)"
+
+
+def artifact_runner(fmt: str, path: Path, inputs: list[dict], outputs: list[dict],
+                    threads: int | None = None) -> Runner:
+    reason = runtime_unavailable(fmt)
+    if reason:
+        raise ToolkitError(f"cannot run {path.name} here: {reason}")
+    if fmt in ("onnx", "ort", "tensorrt"):
+        from .runners.ort_runner import OrtRunner
+        inner = OrtRunner(path, threads=threads)
+    elif fmt == "ptl":
+        from .runners.ptl_runner import PtlRunner
+        inner = PtlRunner(path)
+    else:
+        from .convert.coreml import CoreMLRunner
+        inner = CoreMLRunner(path)
+    return ArtifactRunner(inner, inputs, outputs)
+
+
+def component_runner(bundle: Bundle, name: str, threads: int | None = None) -> Runner:
+    entries = bundle.manifest["components"]
+    if name not in entries:
+        raise ToolkitError(f"bundle {bundle.root} has no component {name!r} (it has {', '.join(entries)})")
+    entry = entries[name]
+    return artifact_runner(entry["format"], bundle.path(entry["file"]), entry["inputs"], entry["outputs"], threads)
+
+
+def bundle_runners(bundle: Bundle, names: tuple[str, ...], threads: int | None = None) -> dict[str, Runner]:
+    missing = [n for n in names if n not in bundle.manifest["components"]]
+    if missing:
+        raise ToolkitError(f"bundle {bundle.root} lacks {', '.join(missing)} (a partial build?)")
+    return {n: component_runner(bundle, n, threads) for n in names}
+
+
+# --- prompt cache ---------------------------------------------------------------------------------
+
+class PromptCache:
+    """Text-encoder outputs of fixed concepts, looked up by token ids."""
+
+    def __init__(self, token_ids: np.ndarray, text_features: np.ndarray, text_mask: np.ndarray,
+                 concepts: list[str]):
+        self.entries = {tuple(ids.tolist()): (text_features[i], text_mask[i]) for i, ids in enumerate(token_ids)}
+        self.concepts = concepts
+        self.hits = 0
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> PromptCache | None:
+        info = bundle.manifest["prompt_cache"]
+        if info is None:
+            return None
+        with np.load(bundle.path(info["file"])) as z:
+            return cls(z["token_ids"], z["text_features"], z["text_mask"], list(info["concepts"]))
+
+    def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
+        found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
+        if found is None:
+            return None
+        self.hits += 1
+        features, mask = found
+        return {"text_features": features[:, None], "text_mask": mask[None]}
+
+
+# --- the image pipeline's detector ------------------------------------------------------------------
+
+def _torch(x: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class RunnerDetector:
+    """The Detector stage methods `ImageSegmenter` calls, served by component runners.
+
+    Prompt assembly follows the component boundaries (text tokens ++ geometry tokens with the CLS
+    token); `record` receives the stages whose tensors the components give, under the golden
+    manifest's names, so a bundle's stage dump compares with the reference's.
+    """
+
+    def __init__(self, runners: Mapping[str, Runner], prompt_cache: PromptCache | None = None):
+        self.runners = runners
+        self.prompt_cache = prompt_cache
+
+    def eval(self) -> RunnerDetector:
+        return self
+
+    def _run(self, name: str, **feeds) -> dict[str, np.ndarray]:
+        return self.runners[name].infer({k: np.asarray(v) for k, v in feeds.items()})
+
+    def encode_image(self, image: Tensor, record: Recorder | None = None) -> dict[str, np.ndarray]:
+        out = self._run("vision_encoder", image=image.numpy())
+        if record is not None:
+            record("00_preprocess", {"image": image})
+            record("02_trunk_with_head", {"out.0": out["backbone_features"]})
+            record("03_neck", {"out.vision_features": out["fpn_72"], "out.vision_pos_enc.2": out["image_pos"],
+                               **{f"out.backbone_fpn.{i}": out[f"fpn_{s}"] for i, s in enumerate((288, 144, 72))}})
+        return out
+
+    def encode_text(self, token_ids: Tensor, record: Recorder | None = None) -> dict[str, np.ndarray]:
+        ids = token_ids.numpy()
+        out = self.prompt_cache.lookup(ids) if self.prompt_cache is not None else None
+        if out is None:
+            out = self._run("text_encoder", token_ids=ids)
+        if record is not None:
+            record("04_tokenizer", {"ids": token_ids})
+            record("05d_forward_text", {"out.language_features": out["text_features"],
+                                        "out.language_mask": out["text_mask"]})
+        return out
+
+    def forward_grounding(self, features, text, boxes=None, box_labels=None, record: Recorder | None = None) -> dict:
+        if boxes is None:
+            boxes, box_labels = np.zeros((0, 1, 4), np.float32), np.zeros((0, 1), bool)
+        geometry = self._run("geometry_encoder", boxes=np.asarray(boxes, np.float32),
+                             box_labels=np.asarray(box_labels, bool), image_features=features["fpn_72"],
+                             image_pos=features["image_pos"])
+        prompt = {"prompt": np.concatenate([text["text_features"], geometry["geometry_tokens"]]),
+                  "prompt_mask": np.concatenate([text["text_mask"], geometry["geometry_mask"]], axis=1)}
+        memory = self._run("fusion_encoder", image_features=features["fpn_72"], image_pos=features["image_pos"],
+                           **prompt)["memory"]
+        decoded = self._run("fusion_decoder", memory=memory, image_pos=features["image_pos"], **prompt)
+        logits = self._run("scoring", queries=decoded["queries"], **prompt)["pred_logits"]
+        masks = self._run("segmentation_head", fpn_288=features["fpn_288"], fpn_144=features["fpn_144"],
+                          queries=decoded["queries"], memory=memory, **prompt)
+        out = {"encoder_hidden_states": memory, "queries": decoded["queries"],
+               "presence_logit_dec": decoded["presence_logit"], "pred_logits": logits,
+               "pred_boxes": decoded["pred_boxes"], "pred_masks": masks["pred_masks"],
+               "semantic_seg": masks["semantic_seg"]}
+        if record is not None:
+            record("06_geometry_encoder", {"out.0": geometry["geometry_tokens"], "out.1": geometry["geometry_mask"]})
+            record("07_fusion_encoder", {"out.memory": memory})
+            record("11_grounding_out", {f"out.{k}": v for k, v in out.items()})
+        return {k: _torch(v) for k, v in out.items()}
+
+
+# --- the video pipeline's tracker ---------------------------------------------------------------------
+
+class _PromptEncoder(nn.Module):
+    """prompt_encoder runner as the SAM prompt encoder (the dense PE lives inside mask_decoder)."""
+
+    def __init__(self, runner: Runner):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, points: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.runner.infer({"points": points.numpy(), "point_labels": labels.numpy()})
+        return _torch(out["sparse_embeddings"]), _torch(out["dense_embeddings"])
+
+    def dense_pe(self) -> None:
+        return None
+
+
+class _MaskDecoder(nn.Module):
+    """mask_decoder runner (all four tokens) under the reference's choice of the output mask."""
+
+    forward = SamMaskDecoder.forward
+    _single_mask_with_stability_fallback = staticmethod(SamMaskDecoder._single_mask_with_stability_fallback)
+
+    def __init__(self, runner: Runner):
+        super().__init__()
+        self.runner = runner
+
+    def predict_all(self, image_embeddings, _image_pe, sparse, dense, feat_s0, feat_s1):
+        out = self.runner.infer({"image_embeddings": image_embeddings.numpy(), "sparse_embeddings": sparse.numpy(),
+                                 "dense_embeddings": dense.numpy(), "feat_s0": feat_s0[:1].numpy(),
+                                 "feat_s1": feat_s1[:1].numpy()})
+        return tuple(_torch(out[n]) for n in ("masks", "iou", "mask_tokens", "object_score_logits"))
+
+
+class _MemoryAttention(nn.Module):
+    """memory_attention runner; sequence-first in and out like the reference's module."""
+
+    def __init__(self, runner: Runner):
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, current: Tensor, current_pos: Tensor, memory: Tensor, memory_time_index: Tensor,
+                object_pointers: Tensor, pointer_frame_distance: Tensor, max_pointer_distance: int) -> Tensor:
+        def grid(seq: Tensor) -> np.ndarray:  # (5184,B,256) -> (1,256,72,72): the frame is the same for all objects
+            return seq[:, :1].permute(1, 2, 0).reshape(1, -1, 72, 72).numpy()
+        out = self.runner.infer({
+            "image_features": grid(current), "image_pos": grid(current_pos), "memory": memory.numpy(),
+            "memory_time_index": memory_time_index.numpy(), "object_pointers": object_pointers.numpy(),
+            "pointer_frame_distance": pointer_frame_distance.numpy(),
+            "max_pointer_distance": np.array(max_pointer_distance, np.int64)})["conditioned_features"]
+        return _torch(out).flatten(2).permute(2, 0, 1)
+
+
+class RunnerTrackerModules(nn.Module):
+    """What `VideoTracker` calls on `TrackerModules`, served by the tracker's component runners."""
+
+    sam_heads = TrackerModules.sam_heads  # the reference's decode, mask choice and resize
+
+    def __init__(self, runners: Mapping[str, Runner]):
+        super().__init__()
+        self.runners = runners
+        self.sam_prompt_encoder = _PromptEncoder(runners["prompt_encoder"])
+        self.sam_mask_decoder = _MaskDecoder(runners["mask_decoder"])
+        self.transformer = nn.ModuleDict({"encoder": _MemoryAttention(runners["memory_attention"])})
+        # Not recorded from a bundle: object_pointer and memory_encoder fuse the projection /
+        # the memory encoder with the absent-object terms, so their raw outputs do not exist.
+        self.obj_ptr_proj = nn.Identity()
+        self.maskmem_backbone = nn.Identity()
+        self.memory_pos = PositionEmbeddingSine(MEM_DIM)  # weightless: the memory encoder's position encoding
+        self.no_memory = None  # no_memory_features of the last encoded frame (tracker_neck output)
+        self.recent_low_res: list[Tensor] = []  # 288 masks of the last SAM decode, to trace 1008 masks back
+
+    def object_pointer(self, sam_token: Tensor, object_score_logits: Tensor) -> Tensor:
+        out = self.runners["object_pointer"].infer({"sam_token": sam_token.numpy(),
+                                                     "object_score_logits": object_score_logits.numpy()})
+        return _torch(out["object_pointer"])
+
+    def no_memory_features(self, current: Tensor) -> Tensor:
+        return self.no_memory.expand(current.shape[1], -1, -1, -1)
+
+    def encode_memory(self, pix_feat: Tensor, high_res: Tensor, object_score_logits: Tensor,
+                      mask_from_points: bool) -> tuple[Tensor, Tensor]:
+        """Memory features and their position encoding (memory_attention computes the latter itself;
+        it is returned for the stage dumps)."""
+        low_res = self._low_res_of(high_res)
+        out = self.runners["memory_encoder"].infer({
+            "image_features": pix_feat[:1].numpy(), "mask_logits": low_res.numpy(),
+            "object_score_logits": object_score_logits.numpy(), "mask_from_points": np.array(bool(mask_from_points))})
+        features = _torch(out["memory_features"])
+        return features, self.memory_pos(features)
+
+    def _low_res_of(self, high_res: Tensor) -> Tensor:
+        for low_res in self.recent_low_res:
+            if low_res.shape[0] == high_res.shape[0] and torch.equal(
+                    F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False),
+                    high_res):
+                return low_res
+        raise ToolkitError("the memory_encoder component takes the 288x288 mask the SAM heads predicted; this "
+                           "1008x1008 mask is not an upsampling of one (mask prompts are not supported from a bundle)")
+
+    def condition_on_memory(self, current: Tensor, current_pos: Tensor, *memory_inputs) -> Tensor:
+        out = self.transformer["encoder"](current, current_pos, *memory_inputs)
+        return out.permute(1, 2, 0).reshape(out.shape[1], -1, 72, 72)
+
+
+class RunnerTracker(VideoTracker):
+    """`VideoTracker` over a bundle's tracker components (click and box prompts)."""
+
+    def __init__(self, runners: Mapping[str, Runner]):
+        self.runners = runners
+        self.backbone = None
+        self.tracker = RunnerTrackerModules(runners)
+        self.detector = self.tokenizer = None
+
+    def encode_frame(self, rgb: np.ndarray, stage: str, record: Recorder | None,
+                     with_detector: bool = False) -> tuple[FrameFeatures, None]:
+        if with_detector:
+            raise ToolkitError("tracking from a bundle takes clicks or a box; text prompts need the mask-prompt "
+                               "path, which no component exports")
+        image = preprocess_frame(rgb)
+        vision = self.runners["vision_encoder"].infer({"image": image.numpy()})
+        neck = self.runners["tracker_neck"].infer({"backbone_features": vision["backbone_features"]})
+        feats = FrameFeatures(*(_torch(x) for x in (neck["tracker_features"], vision["image_pos"], neck["feat_s0"],
+                                                    neck["feat_s1"])))
+        self.tracker.no_memory = _torch(neck["no_memory_features"])
+        if record is not None:
+            record(f"{stage}__00_frame_input", {"image": image})
+            record(f"{stage}__01_image_features", {
+                "out.vision_features": feats.vision, "out.backbone_fpn.0": feats.feat_s0,
+                "out.backbone_fpn.1": feats.feat_s1, "out.backbone_fpn.2": feats.vision,
+                "out.vision_pos_enc.2": feats.vision_pos})
+        return feats, None
+
+    def sam_heads(self, pix_feat: Tensor, feats: FrameFeatures, points: Tensor, labels: Tensor, stage: str,
+                  record: Recorder | None) -> dict[str, Tensor]:
+        heads = super().sam_heads(pix_feat, feats, points, labels, stage, record)
+        self.tracker.recent_low_res = [heads["low_res_masks"]]
+        return heads
+
+    def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory], pos: Tensor) -> tuple:
+        """The memory_attention component's inputs: stacked memories (M,B,64,72,72) with their
+        temporal slots, object pointers (N,B,256) with their distances, and the distance scale."""
+        memory = torch.stack([bank.payload(m.frame).features.float() for m in plan.spatial])
+        slots = torch.tensor([m.tpos_index for m in plan.spatial], dtype=torch.int64)
+        pointers = torch.stack([bank.payload(p.frame).obj_ptr for p in plan.pointers])
+        distances = torch.tensor([p.distance for p in plan.pointers], dtype=torch.int64)
+        return memory, slots, pointers, distances, plan.max_ptr_distance
+
+
+def bundle_detector(bundle: Bundle, threads: int | None = None) -> RunnerDetector:
+    """The detector `ImageSegmenter` (the pipeline of `toolkit segment`) runs, over the bundle's
+    detector components. The toolkit's tokenizer reads its packaged vocabulary: the bundle's must be
+    the same file."""
+    vocabulary = bundle.path(bundle.manifest["tokenizer"]["vocabulary"])
+    if file_sha256(vocabulary) != file_sha256(Path(str(files("toolkit").joinpath("data", VOCAB_FILE)))):
+        raise ToolkitError(f"bundle {bundle.root}: its tokenizer vocabulary differs from this toolkit's")
+    return RunnerDetector(bundle_runners(bundle, DETECTOR_COMPONENTS, threads), PromptCache.from_bundle(bundle))
+
+
+def video_tracker(bundle: Bundle, threads: int | None = None) -> RunnerTracker:
+    return RunnerTracker(bundle_runners(bundle, TRACKER_COMPONENTS, threads))

@@ -1,0 +1,314 @@
+"""The `toolkit export` job: selected components to ONNX and TorchScript lite, every artifact verified.
+
+Per component and format a cache key is computed from the component's declaration, the weights
+under its prefixes, the code that builds and checks graphs, the tool versions and the exporter
+parameters. A hit reuses the artifact and its recorded verification. A miss exports to a
+temporary name and verifies the artifact against the PyTorch graph on the component's cases
+(golden-derived, typical, each dynamic dimension at both ends); only a verified artifact takes its
+final name, a failed one is kept as `<component>.failed.<ext>` and fails the job.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .components import COMPONENTS, Component, Models, build_graph, golden_feeds, load_models, parameter_count, weights
+from .convert import cache
+from .convert.onnx_export import export_onnx
+from .convert.ort_mobile import convert_to_ort
+from .convert.ptl_export import export_ptl
+from .convert.reparam import reparameterize
+from .errors import ToolkitError
+from .runners import Runner
+from .runners.ort_runner import OrtRunner
+from .runners.ptl_runner import PtlRunner
+from .runners.torch_runner import TorchRunner
+from .spec import DIMS
+from .verify import cases, compare, run_cases
+
+REPORT_NAME = "export_report.json"
+# Sources that decide what a graph computes or how it is checked: a change re-exports everything.
+# Named file by file (other converters and runners live beside these and do not touch these artifacts).
+_ROOT = Path(__file__).resolve().parent
+_SOURCES = ("model", "components.py", "spec.py", "verify.py", "preprocess.py", "golden.py",
+            "convert/onnx_export.py", "convert/ort_mobile.py", "convert/ptl_export.py", "convert/reparam.py",
+            "runners/base.py", "runners/ort_runner.py", "runners/ptl_runner.py", "runners/torch_runner.py")
+_TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One artifact kind: how to make it from a graph, how to run it, what parameters it depends on."""
+
+    name: str
+    suffix: str
+    make: Callable[[Component, nn.Module, tuple[Tensor, ...], Path], dict]
+    runner: Callable[[Path], Runner]
+    params: Callable[[Component], dict]
+    reason: Callable[[Component], str]
+
+
+def _make_onnx(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
+    info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS, path,
+                       comp.onnx.exporter, comp.onnx.opset)
+    return {"exporter": info.exporter, "opset": info.opset, "nodes": info.nodes, "export_seconds": info.seconds}
+
+
+def _make_ort(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
+    """The ONNX export, then ONNX Runtime's own converter to the mobile format (what the android
+    target ships; here so that `toolkit bench` can time ONNX Runtime on .ort files)."""
+    with tempfile.TemporaryDirectory(prefix=f".{comp.name}-ort-", dir=path.parent) as tmp:
+        source = Path(tmp) / f"{comp.name}.onnx"
+        info = _make_onnx(comp, graph, args, source)
+        converted = convert_to_ort({comp.name: source}, Path(tmp) / "ort")
+        os.replace(converted.files[comp.name], path)
+    return {**info, "exporter": f"{info['exporter']} + ORT converter",
+            "export_seconds": info["export_seconds"] + converted.seconds}
+
+
+def _make_ptl(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
+    info = export_ptl(graph, args, comp.input_names, comp.output_names, path)
+    return {"exporter": "jit.trace+freeze", "opset": None, "export_seconds": info.seconds}
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("onnx", ".onnx", _make_onnx, OrtRunner,
+           lambda c: {"exporter": c.onnx.exporter, "opset": c.onnx.opset, "simplifier": "onnxslim"},
+           lambda c: c.onnx.reason),
+    Format("ort", ".ort", _make_ort, OrtRunner,
+           lambda c: {"exporter": c.onnx.exporter, "opset": c.onnx.opset, "simplifier": "onnxslim",
+                      "ort": {"optimization_style": "Fixed", "target_platform": "arm"}},
+           lambda c: f"{c.onnx.reason}; then ONNX Runtime's converter (optimisations saved, arm target)"),
+    Format("ptl", ".ptl", _make_ptl, PtlRunner, lambda c: {"exporter": "jit.trace+freeze", "lite": True},
+           lambda c: "TorchScript lite: trace, freeze, save for the lite interpreter (optimize_for_mobile "
+                     "fails on this CPU wheel, built without XNNPACK)"),
+)}
+
+
+def tool_versions() -> dict[str, str]:
+    return {"toolkit": __version__, **{name: metadata.version(name) for name in _TOOLS}}
+
+
+def code_digest() -> str:
+    paths = [p for name in _SOURCES for p in ([_ROOT / name] if name.endswith(".py") else (_ROOT / name).rglob("*.py"))]
+    return cache.digest_files(paths, _ROOT)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+@dataclass
+class ExportReport:
+    out: str
+    weights: str
+    rows: list[dict]
+    seconds: float
+    versions: dict = field(default_factory=tool_versions)
+    machine: dict = field(default_factory=machine)
+
+    @property
+    def ok(self) -> bool:
+        return all(row["ok"] for row in self.rows)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for row in self.rows for f in row["failures"]]
+
+    def to_json(self) -> dict:
+        return {"schema": "toolkit.export_report/1", "out": self.out, "weights": self.weights, "ok": self.ok,
+                "wall_seconds": round(self.seconds, 2), "machine": self.machine, "versions": self.versions,
+                "artifacts": self.rows}
+
+
+@contextmanager
+def _quiet_exporters():
+    """The exporters log every skipped optional op and folding decision; keep the job's stderr readable."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnxslim")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class _Sources:
+    """Models, graphs and golden feeds, built on first need (a run of cache hits builds nothing)."""
+
+    def __init__(self, state: Mapping[str, Tensor], progress: Callable[[str], None]):
+        self.state, self.progress = state, progress
+        self._graphs: dict[str, nn.Module] | None = None
+        self._golden: dict | None = None
+
+    @property
+    def graphs(self) -> dict[str, nn.Module]:
+        if self._graphs is None:
+            self.progress("building the PyTorch model")
+            models: Models = load_models(self.state)
+            self._graphs = {name: build_graph(models, comp) for name, comp in COMPONENTS.items()}
+        return self._graphs
+
+    @property
+    def golden(self) -> dict:
+        if self._golden is None:
+            self.progress("computing golden-derived inputs (the PyTorch model on the golden fixture)")
+            self._golden = golden_feeds(self.graphs)
+        return self._golden
+
+
+def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tensor], record: dict, cache_state: str) -> dict:
+    v = record.get("verification", {})
+    return {
+        "component": comp.name, "format": fmt.name, "file": artifact.name,
+        "exporter": record.get("exporter"), "exporter_reason": fmt.reason(comp), "opset": record.get("opset"),
+        "size_bytes": record.get("size_bytes"), "parameters": parameter_count(state, comp),
+        "dynamic_axes": {d.name: [d.min, d.max] for d in comp.dims()},
+        "max_abs_error": v.get("max_abs_error"), "max_rel_error": v.get("max_rel_error"),
+        "min_mask_iou": v.get("min_mask_iou"), "max_outlier_fraction": v.get("max_outlier_fraction"),
+        "cases": v.get("cases", []),
+        "export_seconds": record.get("export_seconds"), "verify_seconds": record.get("verify_seconds"),
+        "seconds": record.get("seconds"), "cache": cache_state, "ok": bool(v.get("ok")),
+        "failures": v.get("failures", []),
+    }
+
+
+def _produce(comp: Component, fmt: Format, graph: nn.Module, inputs: dict, reference: dict, out: Path,
+             progress: Callable[[str], None]) -> tuple[Path, dict]:
+    """Export one artifact, verify it, move it to its final (or failed) name; returns (path, record)."""
+    final = out / f"{comp.name}{fmt.suffix}"
+    tmp = out / f".{comp.name}.partial{fmt.suffix}"
+    start = time.perf_counter()
+    args = tuple(torch.from_numpy(x) for x in comp.example().values())
+    try:
+        with _quiet_exporters():
+            info = fmt.make(comp, graph, args, tmp)
+    except Exception as e:  # noqa: BLE001 - an exporter failure fails this artifact, not the job
+        tmp.unlink(missing_ok=True)
+        message = f"{comp.name} [{fmt.name}]: export failed: {type(e).__name__}: {str(e).strip()[:500]}"
+        return final, {"verification": {"ok": False, "failures": [message]}, "seconds": time.perf_counter() - start}
+    progress(f"{comp.name}.{fmt.name}: exported in {info['export_seconds']:.1f} s, verifying on {len(inputs)} cases")
+    verify_start = time.perf_counter()
+    got = run_cases(fmt.runner(tmp), inputs)
+    verification = compare(comp, fmt.name, inputs, reference, got)
+    record = {**info, "size_bytes": tmp.stat().st_size, "verify_seconds": time.perf_counter() - verify_start,
+              "seconds": time.perf_counter() - start, "verification": verification.summary()}
+    if not verification.ok:
+        failed = out / f"{comp.name}.failed{fmt.suffix}"
+        os.replace(tmp, failed)
+        cache.record_path(final).unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        return failed, record
+    os.replace(tmp, final)
+    return final, record
+
+
+def check_selection(names: Iterable[str] | None, formats: Iterable[str]) -> list[str]:
+    """The component names to export (all when none are given); raises on unknown names or formats."""
+    names = list(names or COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise ToolkitError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
+    bad_formats = [f for f in formats if f not in FORMATS]
+    if bad_formats:
+        raise ToolkitError(f"unknown formats {bad_formats}; known: {', '.join(FORMATS)}")
+    return names
+
+
+def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
+               names: Iterable[str] | None = None, formats: Iterable[str] = ("onnx", "ptl"), force: bool = False,
+               progress: Callable[[str], None] = lambda message: None) -> ExportReport:
+    start = time.perf_counter()
+    names = check_selection(names, formats)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = {"code": code_digest(), "versions": tool_versions()}
+    sources = _Sources(state, progress)
+    rows = []
+    for name in names:
+        comp = COMPONENTS[name]
+        base = {**shared, "declaration": comp.declaration(), "weights": cache.digest_tensors(weights(state, comp))}
+        plan = []
+        for fmt in (FORMATS[f] for f in formats):
+            artifact = out / f"{comp.name}{fmt.suffix}"
+            key = cache.digest_json({**base, "format": fmt.name, "params": fmt.params(comp)})
+            found = cache.Lookup(None, "forced") if force else cache.lookup(artifact, key)
+            plan.append((fmt, artifact, key, found))
+        if not all(found.hit for *_, found in plan):
+            graph = sources.graphs[name]
+            inputs = cases(comp, sources.golden[name])
+            progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases ({', '.join(inputs)})")
+            reference = run_cases(TorchRunner(graph, comp.input_names, comp.output_names), inputs)
+            broken = {case: r for case, r in reference.items() if isinstance(r, Exception)}
+            if broken:
+                case, error = next(iter(broken.items()))
+                raise ToolkitError(f"{comp.name}: the PyTorch graph fails on case '{case}': {error}")
+            exported = reparameterize(graph) if comp.reparameterize else graph
+        for fmt, artifact, key, found in plan:
+            if found.hit:
+                progress(f"{comp.name}.{fmt.name}: cache hit")
+                rows.append(_row(comp, fmt, artifact, state, found.record, "hit"))
+                continue
+            progress(f"{comp.name}.{fmt.name}: exporting ({found.reason})")
+            path, record = _produce(comp, fmt, exported, inputs, reference, out, progress)
+            if record["verification"]["ok"]:
+                record = cache.store(path, key, record)
+            rows.append(_row(comp, fmt, path, state, record, f"miss ({found.reason})"))
+            summary = rows[-1]
+            progress(f"{comp.name}.{fmt.name}: " + ("ok" if summary["ok"] else "FAILED") +
+                     f", max abs error {_fmt(summary['max_abs_error'])}, {summary['seconds']:.1f} s")
+    report = ExportReport(str(out), weights_label, rows, time.perf_counter() - start)
+    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2, default=str))
+    return report
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}e}" if isinstance(x, float) else str(x)
+
+
+def _count(n: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23M', 1800 -> '1.8k' (with `unit`, e.g. 'B' for bytes)."""
+    if n is None:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{prefix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["component", "format", "exporter", "opset", "size", "params", "dynamic axes", "max abs err",
+            "max rel err", "beyond tol", "mask IoU", "cases", "time s", "cache", "ok"]
+    lines = [head]
+    for r in rows:
+        dyn = ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in r["dynamic_axes"].items()) or "-"
+        lines.append([
+            r["component"], r["format"], r["exporter"] or "-", _fmt(r["opset"]),
+            _count(r["size_bytes"], "B"), _count(r["parameters"]),
+            dyn, _fmt(r["max_abs_error"]), _fmt(r["max_rel_error"]),
+            "-" if r["max_outlier_fraction"] is None else f"{r['max_outlier_fraction']:.2%}",
+            "-" if r["min_mask_iou"] is None else f"{r['min_mask_iou']:.4f}", str(len(r["cases"])),
+            "-" if r["seconds"] is None else f"{r['seconds']:.1f}", r["cache"].split(" ")[0],
+            "yes" if r["ok"] else "NO"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)

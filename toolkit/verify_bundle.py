@@ -1,0 +1,221 @@
+"""Artifact parity and `toolkit verify BUNDLE`.
+
+A bundle is checked in three steps: the manifest against its schema, every file against its
+sha256, then every artifact whose runtime exists on this machine against the PyTorch model on the
+cases `toolkit export` uses (golden-derived inputs, a typical input, each dynamic dimension at its
+ends), restricted to the dimension ranges the artifact takes. The reference is the checkpoint the
+bundle was built from: the embedded default is regenerated, another checkpoint must be given and
+must hash to the manifest's weights digest. An artifact whose runtime is missing here (Core ML
+off macOS; TensorRT engines, which are built on the device) is reported as pending with the
+reason, never as passed.
+
+fp16 artifacts are compared with `FP16_TOLERANCE` instead of the component's fp32 tolerance.
+It is provisional: no fp16 artifact has run yet (Core ML needs macOS, TensorRT a Jetson).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor, nn
+
+from .bundle import Bundle, BundleError, open_bundle, unpacked
+from .bundle_runtime import artifact_runner, runtime_label, runtime_unavailable
+from .components import COMPONENTS, Component, Tolerance, build_graph, golden_feeds, load_models
+from .convert import cache
+from .convert.reparam import reparameterize
+from .errors import ToolkitError
+from .runners.torch_runner import TorchRunner
+from .spec import linear_form
+from .verify import cases, compare, run_cases
+
+FP16_TOLERANCE = Tolerance(atol=1e-3, rtol=2e-2, mask_iou=0.95, outliers=0.01)
+
+
+def weights_digest(state: Mapping[str, Tensor]) -> str:
+    return cache.digest_tensors(state)
+
+
+def golden_available() -> bool:
+    """Whether the golden fixture (../shared/golden or $TOOLKIT_GOLDEN) is on this machine."""
+    from .golden import golden_path
+    return golden_path("inputs", "coffee.png").is_file() and golden_path("outputs", "manifest.json").is_file()
+
+
+class Reference:
+    """The PyTorch model artifacts are checked against, and the cases, built on first need. Without
+    the golden fixture the golden-derived case is left out (the others are generated from the specs)."""
+
+    def __init__(self, state: Mapping[str, Tensor], golden: bool | None = None,
+                 progress: Callable[[str], None] = lambda message: None):
+        self.golden = golden_available() if golden is None else golden
+        self.state, self.progress = state, progress
+        self._graphs: dict[str, nn.Module] | None = None
+        self._golden: dict | None = None
+        self._cases: dict[str, dict] = {}
+        self._outputs: dict[str, dict] = {}
+
+    @property
+    def graphs(self) -> dict[str, nn.Module]:
+        if self._graphs is None:
+            self.progress("building the PyTorch reference model")
+            models = load_models(self.state)
+            self._graphs = {name: build_graph(models, comp) for name, comp in COMPONENTS.items()}
+        return self._graphs
+
+    def exported_graph(self, comp: Component) -> nn.Module:
+        """The graph as the exporters see it (re-parameterised where the component says so)."""
+        graph = self.graphs[comp.name]
+        return reparameterize(graph) if comp.reparameterize else graph
+
+    def inputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
+        if comp.name not in self._cases:
+            if self.golden and self._golden is None:
+                self.progress("computing golden-derived inputs (the PyTorch model on the golden fixture)")
+                self._golden = golden_feeds(self.graphs)
+            self._cases[comp.name] = cases(comp, self._golden[comp.name] if self.golden else None)
+        return self._cases[comp.name]
+
+    def forget(self, comp: Component) -> None:
+        """Drop a component's cases and reference outputs (the big ones are ~100 MB per case)."""
+        self._cases.pop(comp.name, None)
+        self._outputs.pop(comp.name, None)
+
+    def outputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
+        if comp.name not in self._outputs:
+            inputs = self.inputs(comp)
+            self.progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases")
+            runner = TorchRunner(self.graphs[comp.name], comp.input_names, comp.output_names)
+            self._outputs[comp.name] = run_cases(runner, inputs)
+        return self._outputs[comp.name]
+
+
+def case_dims(comp: Component, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The dimension values a case's feeds have."""
+    values = {}
+    for spec in comp.inputs:
+        for axis, expr in spec.dynamic_axes().items():
+            name, scale, offset = linear_form(expr)
+            values[name] = (np.asarray(feeds[spec.name]).shape[axis] - offset) // scale
+    return values
+
+
+def verify_artifact(comp: Component, entry: dict, path: Path, reference: Reference) -> dict:
+    """Parity of one artifact (manifest entry: format, precision, I/O, dims) with the reference, or
+    `pending` with the reason when its runtime is not here."""
+    fmt, precision = entry["format"], entry["precision"]
+    reason = runtime_unavailable(fmt)
+    if reason:
+        return {"status": "pending", "runtime": None, "reason": reason}
+    inputs = {case: feeds for case, feeds in reference.inputs(comp).items()
+              if all(entry["dims"][d][0] <= v <= entry["dims"][d][2] for d, v in case_dims(comp, feeds).items())}
+    reference_outputs = reference.outputs(comp)
+    start = time.perf_counter()
+    runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
+    got = run_cases(runner, inputs)
+    # Only Core ML computes in fp16 here; the TensorRT-ready ONNX runs in fp32 (its precision is the engine's).
+    checked = replace(comp, tolerance=FP16_TOLERANCE) if precision == "fp16" and fmt == "coreml" else comp
+    result = compare(checked, fmt, inputs, reference_outputs, got).summary()
+    out = {"status": "passed" if result.pop("ok") else "failed", "runtime": runtime_label(fmt), **result,
+           "tolerance": vars(checked.tolerance), "seconds": round(time.perf_counter() - start, 2)}
+    if fmt == "tensorrt":
+        out["engine"] = (f"the {precision} engine's parity is pending: engines are built and compared on the device, "
+                         f"e.g. polygraphy run {entry['file']} --trt --{precision} --onnxrt with the shapes of "
+                         "engines/build_engines.sh")
+    return out
+
+
+@dataclass
+class VerifyReport:
+    bundle: str
+    target: str
+    files: int
+    bytes: int
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for row in self.rows if row["status"] == "failed" for f in row.get("failures", [])]
+
+    @property
+    def ok(self) -> bool:
+        return not any(row["status"] == "failed" for row in self.rows)
+
+
+def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progress) -> dict[str, Tensor]:
+    model = bundle.manifest["model"]
+    if checkpoint_path is None and not model["embedded_default"]:
+        raise ToolkitError(f"bundle {bundle.root} was built from {model['weights']!r}; parity needs that checkpoint: "
+                           "pass --checkpoint (or --no-parity)")
+    if checkpoint_path is None:
+        from .weights import synthetic_state_dict
+        progress("generating the embedded default weights (the bundle was built from them)")
+        state = synthetic_state_dict()
+    else:
+        from .checkpoint import load_checkpoint
+        state = load_checkpoint(checkpoint_path).state_dict
+    if weights_digest(state) != model["weights_sha256"]:
+        raise ToolkitError(f"the reference weights do not match the bundle's (weights digest differs from "
+                           f"{model['weights_sha256'][:12]}...): pass the checkpoint the bundle was built from")
+    return state
+
+
+def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, parity: bool = True,
+                  components: list[str] | None = None, golden: bool | None = None,
+                  progress: Callable[[str], None] = lambda message: None) -> VerifyReport:
+    """Schema and checksums (BundleError on the first problem), then parity per artifact (`golden`:
+    include the golden-derived case; default: when the fixture is on this machine)."""
+    with unpacked(path) as root:
+        bundle = open_bundle(root)
+        manifest = bundle.manifest
+        entries = manifest["components"]
+        names = list(components or entries)
+        unknown = [n for n in names if n not in entries]
+        if unknown:
+            raise BundleError(f"bundle {root} has no component(s) {unknown}")
+        report = VerifyReport(str(path), bundle.target, len(manifest["files"]),
+                              sum(f["bytes"] for f in manifest["files"]))
+        progress(f"{path}: schema {manifest['schema']} and {report.files} checksums ok")
+        on_device = bundle.on_device_files()
+        if on_device:
+            report.notes.append(f"{len(on_device)} on-device file(s) not covered by checksums: {', '.join(on_device)}")
+        reference = None
+        if parity and any(runtime_unavailable(entries[n]["format"]) is None for n in names):
+            reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress)
+        for name in names:
+            entry = entries[name]
+            row = {"component": name, "format": entry["format"], "precision": entry["precision"],
+                   "file": entry["file"]}
+            if reference is None:
+                reason = runtime_unavailable(entry["format"]) or "parity not requested (--no-parity)"
+                row.update(status="pending", runtime=None, reason=reason)
+            else:
+                progress(f"{name} [{entry['format']}]: parity")
+                row.update(verify_artifact(COMPONENTS[name], entry, bundle.path(entry["file"]), reference))
+                reference.forget(COMPONENTS[name])
+            report.rows.append(row)
+            reason = f" ({row['reason']})" if row.get("reason") else ""
+            progress(f"{name} [{entry['format']}]: {row['status']}{reason}")
+        if manifest.get("engines"):
+            report.notes.append(f"TensorRT engines: {manifest['engines']['status']}")
+    return report
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = ["component", "format", "precision", "parity", "runtime", "cases", "max abs err", "mask IoU", "note"]
+    lines = [head]
+    for r in rows:
+        iou = r.get("min_mask_iou")
+        err = r.get("max_abs_error")
+        lines.append([r["component"], r["format"], r["precision"], r["status"], r.get("runtime") or "-",
+                      str(len(r.get("cases", []))) if r.get("cases") else "-",
+                      "-" if err is None else f"{err:.2e}", "-" if iou is None else f"{iou:.4f}",
+                      r.get("reason") or ("engine parity pending (on the device)" if r.get("engine") else "")])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
