@@ -165,6 +165,8 @@ class Bundle:
 def read_manifest(root: str | Path) -> dict:
     root = Path(root)
     path = root / MANIFEST
+    if not root.exists():
+        raise BundleError(f"bundle {root} does not exist")
     if not root.is_dir():
         raise BundleError(f"bundle {root} is not a directory (an archive? use `toolkit verify {root}`)")
     if not path.is_file():
