@@ -209,6 +209,14 @@ def test_archive_round_trip_and_parity(cpu_bundle, tmp_path):
     assert all(r["max_abs_error"] < 1e-4 and "onnxruntime" in r["runtime"] for r in report.rows)
 
 
+def test_verify_command_without_the_golden_fixture(cpu_bundle, tmp_path, monkeypatch, capsys):
+    """On a user's machine (no golden fixture) `toolkit verify` checks the generated cases."""
+    monkeypatch.setenv("TOOLKIT_GOLDEN", str(tmp_path / "no-golden"))
+    assert main(["verify", str(cpu_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "parity: 2 passed, 0 failed, 0 pending" in out
+
+
 def test_interrupted_build_leaves_nothing_that_verifies(state, workdir, tmp_path, monkeypatch, capsys):
     def interrupt(*_args):
         raise KeyboardInterrupt

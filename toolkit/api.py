@@ -357,7 +357,7 @@ def verify(bundle: str | Path, checkpoint_path: str | Path | None = None, parity
     """`toolkit verify`: schema, checksums and parity of a bundle directory or archive; returns the
     `toolkit.verify_bundle.VerifyReport` (a bad schema or file raises a one-line ToolkitError)."""
     from .verify_bundle import verify_bundle
-    return verify_bundle(bundle, checkpoint_path, parity, components, progress)
+    return verify_bundle(bundle, checkpoint_path, parity, components, progress=progress)
 
 
 def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = None, prompt: str | None = None,

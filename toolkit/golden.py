@@ -30,6 +30,11 @@ def golden_path(*parts: str) -> Path:
     return golden_dir().joinpath(*parts)
 
 
+def golden_available() -> bool:
+    """Whether the golden fixture (../shared/golden or $TOOLKIT_GOLDEN) is on this machine."""
+    return golden_path("inputs", "coffee.png").is_file() and golden_path("outputs", "manifest.json").is_file()
+
+
 @lru_cache(maxsize=1)
 def manifest() -> dict:
     return json.loads(golden_path("outputs", "manifest.json").read_text())

@@ -28,6 +28,7 @@ from .components import COMPONENTS, Component, Tolerance, build_graph, golden_fe
 from .convert import cache
 from .convert.reparam import reparameterize
 from .errors import ToolkitError
+from .golden import golden_available
 from .runners.torch_runner import TorchRunner
 from .spec import linear_form
 from .verify import cases, compare, run_cases
@@ -37,12 +38,6 @@ FP16_TOLERANCE = Tolerance(atol=1e-3, rtol=2e-2, mask_iou=0.95, outliers=0.01)
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:
     return cache.digest_tensors(state)
-
-
-def golden_available() -> bool:
-    """Whether the golden fixture (../shared/golden or $TOOLKIT_GOLDEN) is on this machine."""
-    from .golden import golden_path
-    return golden_path("inputs", "coffee.png").is_file() and golden_path("outputs", "manifest.json").is_file()
 
 
 class Reference:

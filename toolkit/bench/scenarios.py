@@ -32,6 +32,7 @@ SCENARIOS = {
 EAGER = "eager"
 PROMPT = "person"
 BOX_XYXY = (162.0, 68.0, 438.0, 268.0)  # the golden box prompt, in pixels
+_REPO_DOCS = Path(__file__).resolve().parents[2] / "docs"
 CLICK_XY = (312.0, 180.0)  # the golden click: relative (0.52, 0.45) of a 600x400 frame
 
 
@@ -44,15 +45,17 @@ def moving_frame(rgb: np.ndarray, t: int) -> np.ndarray:
 
 
 def prepare_inputs(out: str | Path, frames: int = 8) -> Path:
-    """image.png and frames/00000.png... made from the golden fixture's image (a device has none)."""
+    """image.png and frames/00000.png... made from the golden fixture's image (a device has none;
+    without the fixture, the same file as the README's docs/coffee.png)."""
     from PIL import Image
 
-    from ..golden import golden_path
+    from ..golden import golden_available, golden_path
     from ..preprocess import load_rgb
 
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(golden_path("inputs", "coffee.png"), out / "image.png")
+    image = golden_path("inputs", "coffee.png") if golden_available() else _REPO_DOCS / "coffee.png"
+    shutil.copyfile(image, out / "image.png")
     rgb = load_rgb(out / "image.png")
     for t in range(frames):
         Image.fromarray(moving_frame(rgb, t)).save(out / "frames" / f"{t:05d}.png")
