@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_cpu import machine  # noqa: E402
+from segment_cpu import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "docs" / "coffee.png"

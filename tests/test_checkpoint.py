@@ -6,14 +6,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import layout_state_dict
 
 from toolkit import layout
 from toolkit.checkpoint import load_checkpoint
 from toolkit.cli import main
 from toolkit.inventory import component_rows
 from toolkit.weights import fill, synthetic_state_dict
-
-from conftest import layout_state_dict
 
 FULL_LAYOUT = {  # component -> (numbers, entries) of the released checkpoint
     "Total": (585_670_291, 2028), "Detector": (573_926_673, None), "Tracker": (11_743_618, None),

@@ -278,7 +278,7 @@ def test_text_prompt_tracks_the_detected_objects(tmp_path, monkeypatch):
     The untrained default weights score every query about 0.15 with near-identical blob masks,
     so mask NMS would leave one object; keeping the best two exercises the batched tracker.
     """
-    import toolkit.pipeline.video as video
+    from toolkit.pipeline import video
     monkeypatch.setattr(video, "mask_nms", lambda masks, scores: np.sort(np.argsort(-scores)[:2]))
     out = tmp_path / "out"
     assert main(["track", "--frames", FRAMES, "--prompt", "person", "--threshold", "0.1", "--out", str(out)]) == 0

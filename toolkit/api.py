@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import checkpoint, inventory, layout
 from .errors import ToolkitError
@@ -42,7 +42,7 @@ def inspect_checkpoint(path: str | Path) -> InspectReport:
                          len(live), sum(t.numel() for t in live.values()))
 
 
-def load_detector(checkpoint_path: str | Path | None = None) -> tuple["Detector", str]:
+def load_detector(checkpoint_path: str | Path | None = None) -> tuple[Detector, str]:
     """A Detector with every `detector.*` key loaded strictly; returns (detector, weights label).
 
     Without a checkpoint it uses the embedded default (deterministic weights, not the trained ones).
@@ -128,7 +128,7 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
 
 
 def load_video_tracker(checkpoint_path: str | Path | None = None,
-                       with_detector: bool = False) -> tuple["VideoTracker", str]:
+                       with_detector: bool = False) -> tuple[VideoTracker, str]:
     """A VideoTracker with every `tracker.*` key and its vision backbone loaded strictly; with
     `with_detector` (text prompts) the whole detector, whose vision backbone the tracker shares.
     Returns (tracker, weights label). Without a checkpoint it uses the embedded default.

@@ -262,7 +262,7 @@ class _Job:
             info = convert_coreml(self.reference.exported_graph(comp), comp.inputs, comp.outputs, comp.example(),
                                   self.root / rel, plan.precision, settings["minimum_deployment_target"],
                                   settings["compute_units"], plan.compression)
-        except Exception as e:  # noqa: BLE001 - a converter failure moves the component to the fallback
+        except Exception as e:
             shutil.rmtree(self.root / rel, ignore_errors=True)
             raise _StageFailed(f"Core ML conversion failed: {type(e).__name__}: {str(e).strip()[:300]}") from e
         inputs, outputs = io_entries(comp, info.io)

@@ -100,7 +100,7 @@ def read_raw(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
 def identify(sd: Mapping[str, torch.Tensor]) -> str | None:
     """Name the model a foreign state dict holds, or None if it looks like ours."""
     keys = list(sd)
-    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)
     if not has("detector.") and not has("tracker."):
         if has("image_encoder.") and has("mask_decoder."):
             return "a SAM / SAM2-style model (image_encoder/mask_decoder keys), not SAM3"

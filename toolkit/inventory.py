@@ -73,7 +73,7 @@ def toolkit_export(keys: set[str]) -> str:
 def component_rows(shapes: Mapping[str, tuple[int, ...]]) -> list[Row]:
     """Rows of the table for a checkpoint given as key -> shape (dead trunk included if present)."""
     total, total_keys = _count(shapes, lambda k: True)
-    share = lambda n: 100.0 * n / total if total else 0.0  # noqa: E731
+    share = lambda n: 100.0 * n / total if total else 0.0
     rows: list[Row] = [Row("Total", total, total_keys, 100.0, "total")]
     by_component: dict[str, list[str]] = {}
     for key in shapes:
@@ -101,7 +101,7 @@ def format_table(rows: list[Row]) -> str:
     body = [("  " * r.level + r.name, f"{r.numel:,}", f"{r.keys:,}", f"{r.share:.1f}%", r.origin,
              r.report_export, r.toolkit_export) for r in rows]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    align = lambda cells: "  ".join(  # noqa: E731
+    align = lambda cells: "  ".join(
         str(c).rjust(w) if i in (1, 2, 3) else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     lines = [align(head), "  ".join("-" * w for w in widths)]
     lines += [align(b) for b in body]

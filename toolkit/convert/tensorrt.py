@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -56,7 +56,7 @@ class OperatorList:
                 f"{self.version} is the newest one not newer than it)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lists() -> dict:
     return json.loads(files("toolkit").joinpath("data", "tensorrt_operators.json").read_text())["versions"]
 

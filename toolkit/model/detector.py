@@ -27,11 +27,11 @@ from toolkit.model.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from toolkit.model.fusion_decoder import FusionDecoder
 from toolkit.model.fusion_encoder import FusionEncoder
 from toolkit.model.geometry import GeometryEncoder
+from toolkit.model.recording import Recorder, recording_output, stage_tensors
 from toolkit.model.scoring import DotProductScoring
 from toolkit.model.segmentation_head import SegmentationHead
 from toolkit.model.text import TextEncoder
 from toolkit.model.vision import Features, VisionBackbone
-from toolkit.model.recording import Recorder, recording_output, stage_tensors
 from toolkit.postprocess import postprocess_grounding
 
 

@@ -10,7 +10,7 @@ def _pyramid_level(scale: float, in_dim: int, out_dim: int) -> nn.Sequential:
 
     Submodule names are the checkpoint's (`dconv_2x2_0`, `conv_1x1`, ...).
     """
-    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
     if scale == 4.0:
         layers["dconv_2x2_0"] = nn.ConvTranspose2d(in_dim, in_dim // 2, 2, stride=2)
         layers["gelu"] = nn.GELU()

@@ -386,7 +386,7 @@ class VideoTracker:
 
     def encode_memory(self, feats: FrameFeatures, high_res: Tensor, object_score_logits: Tensor,
                       from_prompt: bool, stage: str, record: Recorder | None) -> tuple[Tensor, Tensor]:
-        names = lambda out: {"out.vision_features": out[0], "out.vision_pos_enc.0": out[1]}  # noqa: E731
+        names = lambda out: {"out.vision_features": out[0], "out.vision_pos_enc.0": out[1]}
         with recording_output(self.tracker.maskmem_backbone, record, f"{stage}__06_memory_encoder", names):
             return self.tracker.encode_memory(feats.batch(high_res.shape[0]).vision, high_res,
                                               object_score_logits, from_prompt)
@@ -486,7 +486,7 @@ class VideoTracker:
         batch = feats.batch(b)
         current, current_pos = _seq(batch.vision), _seq(batch.vision_pos)
         plan = bank.plan(t, reverse)
-        names = lambda out: {"out.memory": out, "out.pos_embed": current_pos}  # noqa: E731
+        names = lambda out: {"out.memory": out, "out.pos_embed": current_pos}
         with recording_output(self.tracker.transformer["encoder"], record, f"{stage}__05_memory_attention", names):
             pix = self.tracker.condition_on_memory(current, current_pos,
                                                    *self.memory_inputs(plan, bank, session.memory_pos))

@@ -6,9 +6,9 @@ from .prompt_encoder import SamPromptEncoder
 from .tracker import NO_OBJ_SCORE, TrackerModules, effective_iou_score, sine_encoding_1d
 
 __all__ = [
+    "NO_OBJ_SCORE",
     "MemoryAttention",
     "MemoryEncoder",
-    "NO_OBJ_SCORE",
     "SamMaskDecoder",
     "SamPromptEncoder",
     "TrackerModules",
