@@ -44,7 +44,8 @@ from .preprocess import IMAGE_SIZE
 from .spec import DIMS
 from .targets import ComponentPlan, Target
 from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
-from .verify_bundle import Reference, verify_artifact, weights_digest
+from .verify import Reference
+from .verify_bundle import verify_artifact, weights_digest
 
 ARTIFACT_SUFFIX = {"onnx": ".onnx", "ort": ".ort", "coreml": ".mlpackage", "tensorrt": ".onnx", "ptl": ".ptl"}
 EXPORT_OF = {"onnx": "onnx", "ort": "onnx", "tensorrt": "onnx", "ptl": "ptl"}  # coreml starts from the torch graph
@@ -170,7 +171,8 @@ class _Job:
         if not todo:
             return
         self.progress(f"export: {fmt} of {', '.join(todo)} (cache {self.cache_dir})")
-        report = run_export(self.cache_dir, self.state, self.label, todo, [fmt], progress=self.progress)
+        report = run_export(self.cache_dir, self.state, self.label, todo, [fmt], progress=self.progress,
+                            reference=self.reference)
         for row in report.rows:
             self.export_rows[row["component"], row["format"]] = row
 

@@ -25,20 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .components import COMPONENTS, Component, Models, build_graph, golden_feeds, load_models, parameter_count, weights
+from .components import COMPONENTS, Component, parameter_count, weights
 from .convert import cache
 from .convert.onnx_export import export_onnx
 from .convert.ort_mobile import convert_to_ort
 from .convert.ptl_export import export_ptl
-from .convert.reparam import reparameterize
 from .errors import ToolkitError
-from .golden import golden_available, golden_dir
 from .runners import Runner
 from .runners.ort_runner import OrtRunner
 from .runners.ptl_runner import PtlRunner
-from .runners.torch_runner import TorchRunner
 from .spec import DIMS
-from .verify import cases, compare, run_cases
+from .verify import Reference, compare, run_cases
 
 REPORT_NAME = "export_report.json"
 # Sources that decide what a graph computes or how it is checked: a change re-exports everything.
@@ -150,36 +147,6 @@ def _quiet_exporters():
             lg.setLevel(level)
 
 
-class _Sources:
-    """Models, graphs and golden feeds, built on first need (a run of cache hits builds nothing)."""
-
-    def __init__(self, state: Mapping[str, Tensor], progress: Callable[[str], None]):
-        self.state, self.progress = state, progress
-        self._graphs: dict[str, nn.Module] | None = None
-        self._golden: dict | None = None
-
-    @property
-    def graphs(self) -> dict[str, nn.Module]:
-        if self._graphs is None:
-            self.progress("building the PyTorch model")
-            models: Models = load_models(self.state)
-            self._graphs = {name: build_graph(models, comp) for name, comp in COMPONENTS.items()}
-        return self._graphs
-
-    @property
-    def golden(self) -> dict:
-        """Golden-derived feeds per component; none where the fixture is not on this machine (the
-        generated cases still run)."""
-        if self._golden is None:
-            if golden_available():
-                self.progress("computing golden-derived inputs (the PyTorch model on the golden fixture)")
-                self._golden = golden_feeds(self.graphs)
-            else:
-                self.progress(f"no golden fixture at {golden_dir()}: artifacts are checked on generated inputs")
-                self._golden = {}
-        return self._golden
-
-
 def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tensor], record: dict, cache_state: str) -> dict:
     v = record.get("verification", {})
     return {
@@ -240,13 +207,16 @@ def check_selection(names: Iterable[str] | None, formats: Iterable[str]) -> list
 
 def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
                names: Iterable[str] | None = None, formats: Iterable[str] = ("onnx", "ptl"), force: bool = False,
-               progress: Callable[[str], None] = lambda message: None) -> ExportReport:
+               progress: Callable[[str], None] = lambda message: None,
+               reference: Reference | None = None) -> ExportReport:
+    """`reference`: the PyTorch model and cases to check against (a build passes its own, so the
+    model is built and the golden feeds are computed once); by default one for `state`."""
     start = time.perf_counter()
     names = check_selection(names, formats)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shared = {"code": code_digest(), "versions": tool_versions(), "golden_case": golden_available()}
-    sources = _Sources(state, progress)
+    reference = reference or Reference(state, progress=progress)
+    shared = {"code": code_digest(), "versions": tool_versions(), "golden_case": reference.golden}
     rows = []
     for name in names:
         comp = COMPONENTS[name]
@@ -258,28 +228,26 @@ def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
             found = cache.Lookup(None, "forced") if force else cache.lookup(artifact, key)
             plan.append((fmt, artifact, key, found))
         if not all(found.hit for *_, found in plan):
-            graph = sources.graphs[name]
-            inputs = cases(comp, sources.golden.get(name))
-            progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases ({', '.join(inputs)})")
-            reference = run_cases(TorchRunner(graph, comp.input_names, comp.output_names), inputs)
-            broken = {case: r for case, r in reference.items() if isinstance(r, Exception)}
+            inputs, outputs = reference.inputs(comp), reference.outputs(comp)
+            broken = {case: r for case, r in outputs.items() if isinstance(r, Exception)}
             if broken:
                 case, error = next(iter(broken.items()))
                 raise ToolkitError(f"{comp.name}: the PyTorch graph fails on case '{case}': {error}")
-            exported = reparameterize(graph) if comp.reparameterize else graph
+            exported = reference.exported_graph(comp)
         for fmt, artifact, key, found in plan:
             if found.hit:
                 progress(f"{comp.name}.{fmt.name}: cache hit")
                 rows.append(_row(comp, fmt, artifact, state, found.record, "hit"))
                 continue
             progress(f"{comp.name}.{fmt.name}: exporting ({found.reason})")
-            path, record = _produce(comp, fmt, exported, inputs, reference, out, progress)
+            path, record = _produce(comp, fmt, exported, inputs, outputs, out, progress)
             if record["verification"]["ok"]:
                 record = cache.store(path, key, record)
             rows.append(_row(comp, fmt, path, state, record, f"miss ({found.reason})"))
             summary = rows[-1]
             progress(f"{comp.name}.{fmt.name}: " + ("ok" if summary["ok"] else "FAILED") +
                      f", max abs error {_fmt(summary['max_abs_error'])}, {summary['seconds']:.1f} s")
+        reference.forget(comp)  # the reference outputs of the big components are ~100 MB per case
     report = ExportReport(str(out), weights_label, rows, time.perf_counter() - start)
     (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2, default=str))
     return report

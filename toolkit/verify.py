@@ -7,13 +7,17 @@ the artifact format, the input case and the tensor.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from torch import Tensor, nn
 
-from .components import Component
+from .components import COMPONENTS, Component, build_graph, golden_feeds, load_models
+from .convert.reparam import reparameterize
+from .golden import golden_available, golden_dir
 from .runners import Runner
+from .runners.torch_runner import TorchRunner
 
 Feeds = dict[str, np.ndarray]
 
@@ -135,3 +139,54 @@ def compare(comp: Component, fmt: str, inputs: Mapping[str, Feeds], reference: M
                 result.failures.append(f"{comp.name} [{fmt}] case '{case}': output '{name}': {check.problem}")
     return result
 
+
+class Reference:
+    """The PyTorch model artifacts are checked against, and the cases, built on first need. Without
+    the golden fixture the golden-derived case is left out (the others are generated from the specs)."""
+
+    def __init__(self, state: Mapping[str, Tensor], golden: bool | None = None,
+                 progress: Callable[[str], None] = lambda message: None):
+        self.golden = golden_available() if golden is None else golden
+        self._say_no_golden = golden is None and not self.golden
+        self.state, self.progress = state, progress
+        self._graphs: dict[str, nn.Module] | None = None
+        self._golden: dict | None = None
+        self._cases: dict[str, dict] = {}
+        self._outputs: dict[str, dict] = {}
+
+    @property
+    def graphs(self) -> dict[str, nn.Module]:
+        if self._graphs is None:
+            self.progress("building the PyTorch reference model")
+            models = load_models(self.state)
+            self._graphs = {name: build_graph(models, comp) for name, comp in COMPONENTS.items()}
+        return self._graphs
+
+    def exported_graph(self, comp: Component) -> nn.Module:
+        """The graph as the exporters see it (re-parameterised where the component says so)."""
+        graph = self.graphs[comp.name]
+        return reparameterize(graph) if comp.reparameterize else graph
+
+    def inputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
+        if comp.name not in self._cases:
+            if self.golden and self._golden is None:
+                self.progress("computing golden-derived inputs (the PyTorch model on the golden fixture)")
+                self._golden = golden_feeds(self.graphs)
+            if self._say_no_golden:
+                self.progress(f"no golden fixture at {golden_dir()}: artifacts are checked on generated inputs")
+                self._say_no_golden = False
+            self._cases[comp.name] = cases(comp, self._golden[comp.name] if self.golden else None)
+        return self._cases[comp.name]
+
+    def forget(self, comp: Component) -> None:
+        """Drop a component's cases and reference outputs (the big ones are ~100 MB per case)."""
+        self._cases.pop(comp.name, None)
+        self._outputs.pop(comp.name, None)
+
+    def outputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
+        if comp.name not in self._outputs:
+            inputs = self.inputs(comp)
+            self.progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases ({', '.join(inputs)})")
+            runner = TorchRunner(self.graphs[comp.name], comp.input_names, comp.output_names)
+            self._outputs[comp.name] = run_cases(runner, inputs)
+        return self._outputs[comp.name]

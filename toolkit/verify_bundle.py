@@ -20,72 +20,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor, nn
+from torch import Tensor
 
 from .bundle import Bundle, BundleError, open_bundle, unpacked
 from .bundle_runtime import artifact_runner, runtime_label, runtime_unavailable
-from .components import COMPONENTS, Component, Tolerance, build_graph, golden_feeds, load_models
+from .components import COMPONENTS, Component, Tolerance
 from .convert import cache
-from .convert.reparam import reparameterize
 from .errors import ToolkitError
-from .golden import golden_available
-from .runners.torch_runner import TorchRunner
 from .spec import linear_form
-from .verify import cases, compare, run_cases
+from .verify import Reference, compare, run_cases
 
 FP16_TOLERANCE = Tolerance(atol=1e-3, rtol=2e-2, mask_iou=0.95, outliers=0.01)
 
 
 def weights_digest(state: Mapping[str, Tensor]) -> str:
     return cache.digest_tensors(state)
-
-
-class Reference:
-    """The PyTorch model artifacts are checked against, and the cases, built on first need. Without
-    the golden fixture the golden-derived case is left out (the others are generated from the specs)."""
-
-    def __init__(self, state: Mapping[str, Tensor], golden: bool | None = None,
-                 progress: Callable[[str], None] = lambda message: None):
-        self.golden = golden_available() if golden is None else golden
-        self.state, self.progress = state, progress
-        self._graphs: dict[str, nn.Module] | None = None
-        self._golden: dict | None = None
-        self._cases: dict[str, dict] = {}
-        self._outputs: dict[str, dict] = {}
-
-    @property
-    def graphs(self) -> dict[str, nn.Module]:
-        if self._graphs is None:
-            self.progress("building the PyTorch reference model")
-            models = load_models(self.state)
-            self._graphs = {name: build_graph(models, comp) for name, comp in COMPONENTS.items()}
-        return self._graphs
-
-    def exported_graph(self, comp: Component) -> nn.Module:
-        """The graph as the exporters see it (re-parameterised where the component says so)."""
-        graph = self.graphs[comp.name]
-        return reparameterize(graph) if comp.reparameterize else graph
-
-    def inputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
-        if comp.name not in self._cases:
-            if self.golden and self._golden is None:
-                self.progress("computing golden-derived inputs (the PyTorch model on the golden fixture)")
-                self._golden = golden_feeds(self.graphs)
-            self._cases[comp.name] = cases(comp, self._golden[comp.name] if self.golden else None)
-        return self._cases[comp.name]
-
-    def forget(self, comp: Component) -> None:
-        """Drop a component's cases and reference outputs (the big ones are ~100 MB per case)."""
-        self._cases.pop(comp.name, None)
-        self._outputs.pop(comp.name, None)
-
-    def outputs(self, comp: Component) -> dict[str, dict[str, np.ndarray]]:
-        if comp.name not in self._outputs:
-            inputs = self.inputs(comp)
-            self.progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases")
-            runner = TorchRunner(self.graphs[comp.name], comp.input_names, comp.output_names)
-            self._outputs[comp.name] = run_cases(runner, inputs)
-        return self._outputs[comp.name]
 
 
 def case_dims(comp: Component, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
