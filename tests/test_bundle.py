@@ -99,7 +99,7 @@ def test_a_target_is_one_file(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("body,fragment", [
-    ('[defaults]\nformat = "tflite"\n', "format 'tflite' is not one of"),
+    ('[defaults]\nformat = "tflite"\n', "defaults.format is 'tflite', expected one of onnx, ort"),
     ('[defaults]\nformat = "onnx"\nprecision = "fp16"\n', "takes precision fp32"),
     ('[defaults]\nformat = "onnx"\nopset = 17\n', "exports ONNX opset 20, above the target's highest opset 17"),
     ('[defaults]\nformat = "onnx"\n[components.nose]\nformat = "onnx"\n', "unknown component(s) ['nose']"),

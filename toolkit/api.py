@@ -103,9 +103,10 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
         detector, label = loaded or load_detector(checkpoint_path)
         start = time.perf_counter()
         progress(f"segmenting {image} for {prompt!r}")
-        found = ImageSegmenter(detector)(rgb, prompt, list(boxes) + list(negative_boxes),
-                                         [True] * len(boxes) + [False] * len(negative_boxes), threshold,
-                                         max_objects, record)
+        # a bundle's detector carries the bundle's tokenizer (a bundle is self-contained)
+        segmenter = ImageSegmenter(detector, getattr(detector, "tokenizer", None))
+        found = segmenter(rgb, prompt, list(boxes) + list(negative_boxes),
+                          [True] * len(boxes) + [False] * len(negative_boxes), threshold, max_objects, record)
         seconds = time.perf_counter() - start
         objects = []
         for i in range(len(found.scores)):
@@ -340,7 +341,7 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
     from .build import read_concepts, run_build
     from .targets import find_target
     from .weights import LABEL, synthetic_state_dict
-    spec = find_target(target)
+    spec = find_target(target, progress)
     concept_list = read_concepts(concepts) if concepts else None
     if checkpoint_path is None:
         progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import __version__, layout
-from .bundle import SCHEMA_ID, create_archive, file_entries, write_manifest
+from .bundle import ARTIFACT_SUFFIX, SCHEMA_ID, create_archive, file_entries, write_manifest
 from .components import COMPONENTS, Component
 from .errors import ToolkitError
 from .outputs import fresh_output_dir
@@ -47,7 +47,6 @@ from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
 from .verify import Reference
 from .verify_bundle import verify_artifact, weights_digest
 
-ARTIFACT_SUFFIX = {"onnx": ".onnx", "ort": ".ort", "coreml": ".mlpackage", "tensorrt": ".onnx", "ptl": ".ptl"}
 EXPORT_OF = {"onnx": "onnx", "ort": "onnx", "tensorrt": "onnx", "ptl": "ptl"}  # coreml starts from the torch graph
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "coremltools", "numpy")
 
@@ -161,6 +160,7 @@ class _Job:
         self.entries: dict[str, dict] = {}
         self.final_plans: dict[str, ComponentPlan] = {}
         self.fallbacks: dict[str, tuple[str, str]] = {}  # component -> (format it failed in, why)
+        self.warned_newer_list = False
         (root / "models").mkdir(parents=True)
 
     # --- exports -----------------------------------------------------------------------------
@@ -242,6 +242,9 @@ class _Job:
         rel = f"models/{comp.name}.onnx"
         changed = make_trt_ready(source, self.root / rel)
         ops = operator_list(self.target.settings["tensorrt"]["version"])
+        if ops.newer and not self.warned_newer_list:  # never let a check of another version pass for this one
+            self.warned_newer_list = True
+            self.progress(f"tensorrt: operators are checked against the {ops.label}")
         problems = check_operators(onnx.load(str(self.root / rel)), ops)
         if problems:
             (self.root / rel).unlink()
@@ -249,7 +252,8 @@ class _Job:
         inputs, outputs = io_entries(comp, changed)
         return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
                 "checks": {"tensorrt_operators": {"passed": True, "list": ops.label, "list_source": ops.source,
-                                                  "parser_opsets": list(ops.opsets)}},
+                                                  "parser_opsets": list(ops.opsets),
+                                                  "of_target_version": not ops.newer}},
                 "provenance": {"stages": ["torch -> onnx", "onnx -> TensorRT-ready onnx (int32 I/O)"],
                                "opset": row["opset"]}}
 

@@ -28,8 +28,10 @@ and boxes.
 """
 from __future__ import annotations
 
+import gzip
+import zipfile
+import zlib
 from collections.abc import Mapping
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bundle import Bundle
-from .convert.cache import file_sha256
+from . import tokenizer as clip_bpe
+from .bundle import Bundle, BundleError
 from .errors import ToolkitError
 from .model.detector import Recorder
 from .model.position import PositionEmbeddingSine
@@ -49,7 +51,7 @@ from .pipeline.memory_bank import MemoryBank, MemoryPlan
 from .pipeline.video import IMAGE_SIZE, FrameFeatures, Memory, VideoTracker
 from .preprocess import preprocess_frame
 from .runners import Runner
-from .tokenizer import VOCAB_FILE
+from .tokenizer import Tokenizer
 
 DETECTOR_COMPONENTS = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
                        "scoring", "segmentation_head")
@@ -103,20 +105,35 @@ def runtime_label(fmt: str) -> str:
     return f"coremltools {metadata.version('coremltools')} (Core ML)"
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def artifact_runner(fmt: str, path: Path, inputs: list[dict], outputs: list[dict],
                     threads: int | None = None) -> Runner:
+    """A runner over one artifact; BundleError (one line) when the file does not load as `fmt` or
+    its tensor names differ from the manifest entry's."""
     reason = runtime_unavailable(fmt)
     if reason:
         raise ToolkitError(f"cannot run {path.name} here: {reason}")
-    if fmt in ("onnx", "ort", "tensorrt"):
-        from .runners.ort_runner import OrtRunner
-        inner = OrtRunner(path, threads=threads)
-    elif fmt == "ptl":
-        from .runners.ptl_runner import PtlRunner
-        inner = PtlRunner(path)
-    else:
-        from .convert.coreml import CoreMLRunner
-        inner = CoreMLRunner(path)
+    try:
+        if fmt in ("onnx", "ort", "tensorrt"):
+            from .runners.ort_runner import OrtRunner
+            inner = OrtRunner(path, threads=threads)
+        elif fmt == "ptl":
+            from .runners.ptl_runner import PtlRunner
+            inner = PtlRunner(path)
+        else:
+            from .convert.coreml import CoreMLRunner
+            inner = CoreMLRunner(path)
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a file it cannot load
+        raise BundleError(f"{path.name} does not load as an artifact of format {fmt}: {type(e).__name__}: "
+                          f"{_one_line(e)}") from e
+    for kind, have, want in (("inputs", inner.input_names, inputs), ("outputs", inner.output_names, outputs)):
+        if sorted(have) != sorted(e["name"] for e in want):
+            raise BundleError(f"{path.name} has {kind} {sorted(have)}, the manifest lists "
+                              f"{sorted(e['name'] for e in want)}")
     return ArtifactRunner(inner, inputs, outputs)
 
 
@@ -151,8 +168,14 @@ class PromptCache:
         info = bundle.manifest["prompt_cache"]
         if info is None:
             return None
-        with np.load(bundle.path(info["file"])) as z:
-            return cls(z["token_ids"], z["text_features"], z["text_mask"], list(info["concepts"]))
+        try:
+            with np.load(bundle.path(info["file"])) as z:  # allow_pickle=False: object arrays are refused
+                arrays = [np.asarray(z[k]) for k in ("token_ids", "text_features", "text_mask")]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise BundleError(f"bundle {bundle.root}: {info['file']} is not a prompt cache: {_one_line(e)}") from e
+        if len({len(a) for a in arrays} | {len(info["concepts"])}) != 1:
+            raise BundleError(f"bundle {bundle.root}: {info['file']} does not hold one entry per concept")
+        return cls(*arrays, list(info["concepts"]))
 
     def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
         found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
@@ -177,9 +200,11 @@ class RunnerDetector:
     manifest's names, so a bundle's stage dump compares with the reference's.
     """
 
-    def __init__(self, runners: Mapping[str, Runner], prompt_cache: PromptCache | None = None):
+    def __init__(self, runners: Mapping[str, Runner], prompt_cache: PromptCache | None = None,
+                 tokenizer: Tokenizer | None = None):
         self.runners = runners
         self.prompt_cache = prompt_cache
+        self.tokenizer = tokenizer  # the bundle's (ImageSegmenter takes it from here)
 
     def eval(self) -> RunnerDetector:
         return self
@@ -381,14 +406,57 @@ class RunnerTracker(VideoTracker):
         return memory, slots, pointers, distances, plan.max_ptr_distance
 
 
+class BundleTokenizer(Tokenizer):
+    """The CLIP BPE tokenizer over the bundle's own vocabulary file, not the toolkit's packaged
+    copy: a bundle runs with nothing else. Same algorithm as `toolkit.tokenizer.Tokenizer`."""
+
+    def __init__(self, bundle: Bundle):
+        rel = bundle.manifest["tokenizer"]["vocabulary"]
+        try:
+            lines = gzip.decompress(bundle.path(rel).read_bytes()).decode("utf-8").split("\n")
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+            raise BundleError(f"bundle {bundle.root}: {rel} is not a gzip-compressed BPE vocabulary: "
+                              f"{_one_line(e)}") from e
+        merges = [tuple(line.split()) for line in lines[1:1 + clip_bpe.NUM_MERGES]]
+        if len(merges) != clip_bpe.NUM_MERGES or any(len(m) != 2 for m in merges):
+            raise BundleError(f"bundle {bundle.root}: {rel} is not a CLIP BPE vocabulary "
+                              f"({clip_bpe.NUM_MERGES} merges expected)")
+        byte_chars = clip_bpe._byte_alphabet()
+        base = sorted(byte_chars)
+        symbols = [*base, *(c + clip_bpe.END_OF_WORD for c in base), *("".join(pair) for pair in merges),
+                   clip_bpe.START_TOKEN, clip_bpe.END_TOKEN]
+        self.vocab = clip_bpe._Vocabulary(byte_chars, {s: i for i, s in enumerate(symbols)},
+                                          {pair: rank for rank, pair in enumerate(merges)})
+        declared = bundle.manifest["tokenizer"]
+        if (declared["start_id"], declared["end_id"]) != (self.start_id, self.end_id):
+            raise BundleError(f"bundle {bundle.root}: the manifest's start/end ids {declared['start_id']}/"
+                              f"{declared['end_id']} are not those of {rel} ({self.start_id}/{self.end_id})")
+
+    @property
+    def start_id(self) -> int:
+        return self.vocab.token_ids[clip_bpe.START_TOKEN]
+
+    @property
+    def end_id(self) -> int:
+        return self.vocab.token_ids[clip_bpe.END_TOKEN]
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for piece in clip_bpe._PIECE_PATTERN.findall(clip_bpe.clean_text(text)):
+            if piece in (clip_bpe.START_TOKEN, clip_bpe.END_TOKEN):
+                ids.append(self.vocab.token_ids[piece])
+                continue
+            word = "".join(self.vocab.byte_chars[b] for b in piece.encode("utf-8"))
+            ids.extend(self.vocab.token_ids[s] for s in clip_bpe._bpe(word, self.vocab.merge_rank))
+        return ids
+
+
 def bundle_detector(bundle: Bundle, threads: int | None = None) -> RunnerDetector:
     """The detector `ImageSegmenter` (the pipeline of `toolkit segment`) runs, over the bundle's
-    detector components. The toolkit's tokenizer reads its packaged vocabulary: the bundle's must be
-    the same file."""
-    vocabulary = bundle.path(bundle.manifest["tokenizer"]["vocabulary"])
-    if file_sha256(vocabulary) != file_sha256(Path(str(files("toolkit").joinpath("data", VOCAB_FILE)))):
-        raise ToolkitError(f"bundle {bundle.root}: its tokenizer vocabulary differs from this toolkit's")
-    return RunnerDetector(bundle_runners(bundle, DETECTOR_COMPONENTS, threads), PromptCache.from_bundle(bundle))
+    detector components, with the bundle's tokenizer vocabulary."""
+    tokenizer = BundleTokenizer(bundle)
+    return RunnerDetector(bundle_runners(bundle, DETECTOR_COMPONENTS, threads), PromptCache.from_bundle(bundle),
+                          tokenizer)
 
 
 def video_tracker(bundle: Bundle, threads: int | None = None) -> RunnerTracker:

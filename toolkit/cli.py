@@ -155,6 +155,9 @@ def _verify(args) -> None:
     from .verify_bundle import format_rows
     components = [name for group in args.components for name in group] or None
     report = verify(args.bundle, args.checkpoint, not args.no_parity, components, progress=_progress)
+    if args.report:
+        from .verify_bundle import write_report
+        _progress(f"report: {write_report(report, args.report)}")
     print(f"{report.bundle} (target {report.target}): schema ok, {report.files} files ({_mib(report.bytes)}) match "
           "their sha256")
     print(format_rows(report.rows))
@@ -162,8 +165,11 @@ def _verify(args) -> None:
         print(f"note: {note}")
     counts = {s: sum(r["status"] == s for r in report.rows) for s in ("passed", "failed", "pending")}
     print(f"parity: {counts['passed']} passed, {counts['failed']} failed, {counts['pending']} pending")
-    if not report.ok:
-        raise ToolkitError(f"{counts['failed']} artifact(s) failed parity:\n  " + "\n  ".join(report.failures))
+    if not report.ok:  # one line on stderr; every failure is in the report file
+        first = " ".join(report.failures[0].split()) if report.failures else "see the table above"
+        more = f" (+{len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+        where = f"details in {args.report}" if args.report else "--report FILE writes every failure"
+        raise ToolkitError(f"{counts['failed']} artifact(s) failed parity: {first}{more}; {where}")
 
 
 def _run(args) -> None:
@@ -310,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bundle", help="bundle directory or .tar.gz archive")
     s.add_argument("--checkpoint", help="the checkpoint the bundle was built from (not needed for the embedded default)")
     s.add_argument("--no-parity", action="store_true", help="only the schema and the checksums")
+    s.add_argument("--report", metavar="FILE", help="write the report (every row and failure) as JSON to FILE")
     s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
                    help="check the parity of these components only")
     s.set_defaults(func=_verify)

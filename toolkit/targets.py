@@ -21,15 +21,24 @@ A target file says, per component, which artifact the bundle gets and how it is 
     compression = "linear8"
     note = "why"                      # shown by `toolkit targets`, kept in the manifest
 
+    family = "jetson"                 # optional: `--target jetson` means the family's default,
+    family_default = true             #   the one target of the family with family_default = true
+
 Adding a target is adding a file: targets are looked up by name in the directories of
 $TOOLKIT_TARGETS_PATH, then ./targets, then the project's targets/ directory; `--target` also
-takes a path to a .toml file.
+takes a path to a .toml file. A file is validated against toolkit/data/target.schema.json (types,
+allowed values, known keys; one-line errors naming the key) before the checks that need the
+component declarations (precision per format, opsets).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 try:
@@ -68,7 +77,13 @@ FORMAT_SETTINGS = {
     "ptl": {},
 }
 _COMPONENT_KEYS = {"format", "precision", "opset", "fallback", "compression", "note"}
-_TOP_KEYS = {"schema", "name", "description", "image_size", "defaults", "components", *FORMAT_SETTINGS}
+_TOP_KEYS = {"schema", "name", "description", "image_size", "defaults", "components", "family", "family_default",
+             *FORMAT_SETTINGS}
+
+
+@cache
+def target_schema() -> dict:
+    return json.loads(files("toolkit").joinpath("data", "target.schema.json").read_text())
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,8 @@ class Target:
     image_size: int
     plans: dict[str, ComponentPlan]
     settings: dict[str, dict] = field(default_factory=dict)
+    family: str | None = None
+    family_default: bool = False
 
     def formats(self) -> list[str]:
         """Formats the bundle uses, fallbacks included, in FORMATS order."""
@@ -153,9 +170,13 @@ def load_target(path: str | Path) -> Target:
         raise ToolkitError(f"cannot read target file {path}: {e.strerror or e}") from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ToolkitError(f"target {path}: not valid TOML: {e}") from e
-    _check_keys(path, "the file", data, _TOP_KEYS)
     if data.get("schema") != SCHEMA:
         _fail(path, f"schema = {data.get('schema')!r}; this toolkit reads target schema {SCHEMA}")
+    from .bundle import schema_errors
+    errors = schema_errors(data, target_schema(), where="", toml=True)
+    if errors:  # types and values first: the checks below may then rely on them
+        _fail(path, errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    _check_keys(path, "the file", data, _TOP_KEYS)
     for key in ("name", "description"):
         if not isinstance(data.get(key), str) or not data[key]:
             _fail(path, f"'{key}' must be a non-empty string")
@@ -183,7 +204,7 @@ def load_target(path: str | Path) -> Target:
     if settings["ort"]["optimization_style"] not in ("Fixed", "Runtime"):
         _fail(path, "[ort] optimization_style must be 'Fixed' or 'Runtime'")
     return Target(data["name"], data["description"], str(path), hashlib.sha256(raw).hexdigest(), image_size,
-                  plans, settings)
+                  plans, settings, data.get("family"), data.get("family_default", False))
 
 
 def search_path() -> list[Path]:
@@ -201,8 +222,20 @@ def available() -> dict[str, Path]:
     return found
 
 
-def find_target(name_or_path: str) -> Target:
-    """A target by name (targets/<name>.toml on the search path) or by path to a .toml file."""
+def _family_of(path: Path) -> tuple[str | None, bool]:
+    """(family, family_default) of a target file, read leniently: a broken file elsewhere on the
+    search path must not stop resolving a family (it fails when it is itself chosen)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None, False
+    family = data.get("family")
+    return (family, data.get("family_default") is True) if isinstance(family, str) else (None, False)
+
+
+def find_target(name_or_path: str, progress: Callable[[str], None] = lambda message: None) -> Target:
+    """A target by name (targets/<name>.toml on the search path), by family name (the family's
+    default target, said through `progress`) or by path to a .toml file."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or os.sep in name_or_path:
         if not path.is_file():
@@ -210,6 +243,17 @@ def find_target(name_or_path: str) -> Target:
         return load_target(path)
     known = available()
     if name_or_path not in known:
+        members = {name: _family_of(file) for name, file in known.items()}
+        members = {name: default for name, (family, default) in members.items() if family == name_or_path}
+        defaults = [name for name, default in members.items() if default]
+        if len(defaults) == 1:
+            others = sorted(set(members) - set(defaults))
+            progress(f"target {name_or_path!r} is a family: using its default target {defaults[0]!r}"
+                     + (f" (also in the family: {', '.join(others)}; name one to choose it)" if others else ""))
+            return find_target(defaults[0])
+        if members:
+            raise ToolkitError(f"target {name_or_path!r} is a family of {', '.join(sorted(members))} with "
+                               f"{len(defaults)} default targets (family_default = true): name one of them")
         raise ToolkitError(f"unknown target {name_or_path!r}; known: {', '.join(known) or 'none'} "
                            f"(searched {', '.join(map(str, search_path()))})")
     target = load_target(known[name_or_path])
@@ -224,7 +268,9 @@ def describe(target: Target) -> list[str]:
     for plan in target.plans.values():
         label = plan.component + (f" ({plan.compression})" if plan.compression != "none" else "")
         groups.setdefault((plan.format, plan.precision), []).append(label)
-    lines = [f"{target.name}: {target.description}  [{target.path}]"]
+    family = (f"  (family {target.family}" + (", its default" if target.family_default else "") + ")"
+              if target.family else "")
+    lines = [f"{target.name}: {target.description}  [{target.path}]{family}"]
     for (fmt, precision), names in groups.items():
         lines.append(f"  {fmt:8} {precision}  {len(names):2} components: {', '.join(names)}")
     for plan in target.plans.values():

@@ -54,17 +54,28 @@ def verify_artifact(comp: Component, entry: dict, path: Path, reference: Referen
     reason = runtime_unavailable(fmt)
     if reason:
         return {"status": "pending", "runtime": None, "reason": reason}
-    inputs = {case: feeds for case, feeds in reference.inputs(comp).items()
+    cases = reference.inputs(comp)
+    inputs = {case: feeds for case, feeds in cases.items()
               if all(entry["dims"][d][0] <= v <= entry["dims"][d][2] for d, v in case_dims(comp, feeds).items())}
+    outside = [case for case in cases if case not in inputs]
+    if not inputs:  # a verification that ran no case proves nothing: it must not pass
+        return {"status": "failed", "runtime": runtime_label(fmt), "cases": [], "cases_outside_ranges": outside,
+                "failures": [f"{comp.name}: no verification case lies within the artifact's dimension ranges "
+                             f"{entry['dims']}: nothing was checked"]}
     reference_outputs = reference.outputs(comp)
     start = time.perf_counter()
-    runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
+    try:
+        runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
+    except BundleError as e:  # reported as this artifact's failure; the other artifacts are still checked
+        return {"status": "failed", "runtime": runtime_label(fmt), "cases": [], "failures": [f"{comp.name}: {e}"]}
     got = run_cases(runner, inputs)
     # Only Core ML computes in fp16 here; the TensorRT-ready ONNX runs in fp32 (its precision is the engine's).
     checked = replace(comp, tolerance=FP16_TOLERANCE) if precision == "fp16" and fmt == "coreml" else comp
     result = compare(checked, fmt, inputs, reference_outputs, got).summary()
     out = {"status": "passed" if result.pop("ok") else "failed", "runtime": runtime_label(fmt), **result,
            "tolerance": vars(checked.tolerance), "seconds": round(time.perf_counter() - start, 2)}
+    if outside:
+        out["cases_outside_ranges"] = outside
     if fmt == "tensorrt":
         out["engine"] = (f"the {precision} engine's parity is pending: engines are built and compared on the device, "
                          f"e.g. polygraphy run {entry['file']} --trt --{precision} --onnxrt with the shapes of "
@@ -88,6 +99,10 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not any(row["status"] == "failed" for row in self.rows)
+
+    def to_json(self) -> dict:
+        return {"bundle": self.bundle, "target": self.target, "files": self.files, "bytes": self.bytes,
+                "ok": self.ok, "failures": self.failures, "rows": self.rows, "notes": self.notes}
 
 
 def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progress) -> dict[str, Tensor]:
@@ -114,7 +129,13 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
     """Schema and checksums (BundleError on the first problem), then parity per artifact (`golden`:
     include the golden-derived case; default: when the fixture is on this machine)."""
     with unpacked(path) as root:
-        bundle = open_bundle(root)
+        try:
+            bundle = open_bundle(root)
+        except BundleError as e:
+            if Path(root) == Path(path):
+                raise
+            # name the archive the user gave, not the temporary directory it was extracted to
+            raise BundleError(str(e).replace(f"bundle {root}", f"archive {path}")) from e
         manifest = bundle.manifest
         entries = manifest["components"]
         names = list(components or entries)
@@ -147,6 +168,31 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
         if manifest.get("engines"):
             report.notes.append(f"TensorRT engines: {manifest['engines']['status']}")
     return report
+
+
+def write_report(report: VerifyReport, path: str | Path) -> Path:
+    """`report` as JSON at `path`, written under a temporary name and renamed (never half a file).
+    Only a previous report is replaced: any other existing file or directory is refused."""
+    import json
+    import os
+    path = Path(path)
+    if path.is_dir() or path.is_symlink():
+        raise ToolkitError(f"--report {path} is a directory or a link; give a new file path")
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            previous = None
+        if not (isinstance(previous, dict) and {"bundle", "rows", "failures"} <= set(previous)):
+            raise ToolkitError(f"--report {path} exists and is not a verify report; give a new file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -12,7 +12,9 @@ the device. This module makes and checks that ONNX:
   supported, its tensor type is one the list gives, the default ONNX domain only, the model's
   opset inside the parser's range, and the machine-checkable restrictions (Resize without
   antialiasing). A version without a list of its own is checked against the newest list that
-  is not newer, and the report says which list was used;
+  is not newer, and the report says which list was used; a version older than every shipped
+  list (TensorRT 8.5 for Jetson Xavier) is checked against the oldest list, and the build and
+  the manifest say that this is not a check of that version;
 - every dynamic input gets a min / opt / max profile from the component's dimensions;
 - `engine_script` writes the trtexec commands that build the engines on the device, and
   `build_engine` builds one with the TensorRT Python API wherever `import tensorrt` works.
@@ -49,9 +51,20 @@ class OperatorList:
     operators: dict
 
     @property
+    def newer(self) -> bool:
+        """True when the list is of a newer TensorRT than the target's (none old enough is shipped):
+        the check then cannot catch what the older version lacks."""
+        return _version_key(self.version) > _version_key(self.requested)
+
+    @property
     def label(self) -> str:
         if self.version == self.requested:
             return f"TensorRT {self.version} operator list"
+        if self.newer:
+            return (f"TensorRT {self.version} operator list, NEWER than the target's TensorRT {self.requested} "
+                    f"(no list for {self.requested} or older is shipped): NOT a check of TensorRT "
+                    f"{self.requested}; operators, types or opsets it lacks are not caught, the engine build on the "
+                    "device is the check")
         return (f"TensorRT {self.version} operator list (no list for {self.requested} is shipped; "
                 f"{self.version} is the newest one not newer than it)")
 
@@ -62,11 +75,10 @@ def _lists() -> dict:
 
 
 def operator_list(version: str) -> OperatorList:
-    """The list for `version`, or the newest older one; ValueError when every list is newer."""
+    """The list for `version`, or the newest older one; when every shipped list is newer, the
+    oldest, marked `newer` (its label says the check is not one of `version`)."""
     known = sorted(_lists(), key=_version_key)
-    usable = [v for v in known if _version_key(v) <= _version_key(version)]
-    if not usable:
-        raise ValueError(f"no TensorRT operator list for version {version} or older (shipped: {', '.join(known)})")
+    usable = [v for v in known if _version_key(v) <= _version_key(version)] or known[:1]
     data = _lists()[usable[-1]]
     return OperatorList(usable[-1], version, data["source"], tuple(data["opsets"]), data["operators"])
 
