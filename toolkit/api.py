@@ -83,22 +83,27 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
     import numpy as np
     from PIL import Image
 
-    from .outputs import fresh_output_dir
+    from .images import read_image
+    from .outputs import fresh_output_dir, guard_outputs
     from .pipeline.image import ImageSegmenter, check_prompt
     from .pipeline.intermediates import StageDump
-    from .preprocess import load_rgb
     from .visualize import overlay
 
+    guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
+                  {"--image": image, "--checkpoint": None if loaded else checkpoint_path})
     if not 0.0 <= threshold < 1.0:
         raise ToolkitError(f"--threshold must be in [0, 1), got {threshold}")
     if max_objects is not None and max_objects < 1:
         raise ToolkitError(f"--max-objects must be at least 1, got {max_objects}")
-    rgb = load_rgb(image)
+    picture = read_image(image)
+    rgb = picture.rgb
     check_prompt(prompt, list(boxes) + list(negative_boxes), rgb.shape[:2])
     with ExitStack() as stack:
         tmp = stack.enter_context(fresh_output_dir(out, force))
-        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
+        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force, "--save-intermediates"))) \
             if save_intermediates else None
+        for note in picture.notes:  # boxes and masks are in pixels of the upright image
+            progress(f"{image}: {note}")
         progress("loading the model")
         detector, label = loaded or load_detector(checkpoint_path)
         start = time.perf_counter()
@@ -119,7 +124,8 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
             "; embedded default weights (untrained)" if checkpoint_path is None else "")
         overlay(rgb, found.masks, found.boxes_xyxy_px, found.scores, caption).save(tmp / "overlay.png")
         (tmp / "detections.json").write_text(json.dumps({
-            "image": str(image), "image_size_wh": [rgb.shape[1], rgb.shape[0]], "prompt": prompt,
+            "image": str(image), "image_size_wh": [rgb.shape[1], rgb.shape[0]], "image_notes": picture.notes,
+            "prompt": prompt,
             "boxes_xyxy_px": [list(b) for b in boxes],
             "negative_boxes_xyxy_px": [list(b) for b in negative_boxes],
             "threshold": threshold, "max_objects": max_objects, "weights": label,
@@ -188,17 +194,21 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
     import numpy as np
     from PIL import Image
 
-    from .outputs import fresh_output_dir
+    from .outputs import fresh_output_dir, guard_outputs
     from .pipeline.intermediates import StageDump
     from .pipeline.video import ClickPrompt, check_frame_index, open_frames
+    from .tokenizer import check_prompt_text
     from .visualize import track_panel, track_strip
+
+    guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
+                  {"--frames": frames, "--checkpoint": None if loaded else checkpoint_path})
 
     if text is None and not points and box is None:
         raise ToolkitError("no prompt: give --point (optionally with --neg-point), --box or --prompt")
     if text is not None and (points or negative_points or box is not None):
         raise ToolkitError("give either a text --prompt or clicks / a box, not both")
-    if text is not None and not text.strip():
-        raise ToolkitError("the text prompt is empty")
+    if text is not None:
+        check_prompt_text(text)
     if not 0.0 <= threshold < 1.0:
         raise ToolkitError(f"--threshold must be in [0, 1), got {threshold}")
     source = open_frames(frames)
@@ -212,7 +222,7 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
     height, width = source.size_hw
     with ExitStack() as stack:
         tmp = stack.enter_context(fresh_output_dir(out, force))
-        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force))) \
+        record = StageDump(stack.enter_context(fresh_output_dir(save_intermediates, force, "--save-intermediates"))) \
             if save_intermediates else None
         progress("loading the model")
         tracker, label = loaded or load_video_tracker(checkpoint_path, with_detector=text is not None)
@@ -266,9 +276,12 @@ def export(out: str | Path, checkpoint_path: str | Path | None = None, component
            formats: list[str] = ("onnx", "ptl"), force: bool = False, progress=lambda message: None):
     """`toolkit export`: components to ONNX / TorchScript lite under `out`, each verified; returns the
     `toolkit.export.ExportReport` (also written to `out/export_report.json`)."""
-    from .export import check_selection, run_export
+    from .export import check_out, check_selection, run_export
+    from .outputs import guard_outputs
     from .weights import LABEL, synthetic_state_dict
+    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path})
     components = check_selection(components, formats)
+    check_out(out, components, formats)  # before the weights load
     progress("loading the weights")
     if checkpoint_path is None:
         state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
@@ -296,8 +309,9 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
     from .bench.backends import RUNNER_KINDS
     from .bench.scenarios import SCENARIOS
     from .components import COMPONENTS
-    from .outputs import fresh_output_dir
+    from .outputs import fresh_output_dir, guard_outputs
 
+    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--artifacts": artifacts})
     components = list(COMPONENTS) if components is None else list(components)
     runners = list(RUNNER_KINDS) if runners is None else list(runners)
     scenarios = list(SCENARIOS) if scenarios is None else list(scenarios)
@@ -339,8 +353,12 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
     """`toolkit build`: the bundle of `target` (a name or a .toml path) under `out`; returns the
     `toolkit.build.BuildReport`. Without a checkpoint it uses the embedded default and says so."""
     from .build import read_concepts, run_build
+    from .outputs import guard_outputs
     from .targets import find_target
     from .weights import LABEL, synthetic_state_dict
+    # the export cache is read as well as written: the bundle folder may not hold it either
+    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--concepts": concepts, "--cache": cache_dir,
+                                   "--target": target if Path(target).is_file() else None})
     spec = find_target(target, progress)
     concept_list = read_concepts(concepts) if concepts else None
     if checkpoint_path is None:
@@ -370,8 +388,11 @@ def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = N
     alone: the same pipeline code, the bundle's artifacts as runners (checksums checked first)."""
     from .bundle import open_bundle
     from .bundle_runtime import bundle_detector, video_tracker
+    from .outputs import guard_outputs
     if (image is None) == (frames is None):
         raise ToolkitError("give --image (segmentation) or --frames (tracking)")
+    guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
+                  {"BUNDLE": bundle, "--image": image, "--frames": frames})
     progress(f"opening bundle {bundle} (schema and checksums)")
     opened = open_bundle(bundle)
     model = opened.manifest["model"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -96,8 +97,10 @@ def _export(args) -> None:
     hits = sum(row["cache"] == "hit" for row in report.rows)
     print(f"{len(report.rows)} artifacts ({hits} from the cache) in {report.seconds:.1f} s; "
           f"report: {Path(report.out) / REPORT_NAME}")
-    if not report.ok:
-        raise ToolkitError(f"{len(report.failures)} verification failure(s):\n  " + "\n  ".join(report.failures))
+    if not report.ok:  # one line on stderr; every failure is in the report file
+        more = f" (+{len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+        raise ToolkitError(f"{len(report.failures)} verification failure(s): {report.failures[0].splitlines()[0]}"
+                           f"{more}; details in {Path(report.out) / REPORT_NAME}")
 
 
 def _bench(args) -> None:
@@ -262,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", type=_names, default=["onnx", "ptl"], metavar="FMT[,FMT...]",
                    help="artifact formats: onnx, ptl, ort (default: onnx,ptl; ort is ONNX Runtime's mobile "
                         "format, for timing it with `toolkit bench`)")
-    s.add_argument("--force", action="store_true", help="export again even where the cache has the artifact")
+    s.add_argument("--force", action="store_true", help="export again even where the cache has the artifact "
+                   "(files in DIR that the export did not write are never replaced, with or without --force)")
     s.set_defaults(func=_export)
 
     s = sub.add_parser("bench", help="latency, peak memory and FLOPs per component and runner, end-to-end scenarios",
@@ -345,12 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x1f\x7f]+")  # colour codes, newlines, controls
+
+
+def one_line(message: str) -> str:
+    """A message as one printable line: colour codes dropped, line breaks and controls made spaces."""
+    return " ".join(_CONTROL.sub(" ", message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except ToolkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an I/O problem no check foresaw (a device error, ...): still one line
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

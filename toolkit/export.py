@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +31,8 @@ from .convert import cache
 from .convert.onnx_export import export_onnx
 from .convert.ort_mobile import convert_to_ort
 from .convert.ptl_export import export_ptl
-from .errors import ToolkitError
+from .errors import ToolkitError, keep_interrupts
+from .outputs import error_text, is_write_error, make_dirs, remove_empty, writing_to
 from .runners import Runner
 from .runners.ort_runner import OrtRunner
 from .runners.ptl_runner import PtlRunner
@@ -38,6 +40,8 @@ from .spec import DIMS
 from .verify import Reference, compare, run_cases
 
 REPORT_NAME = "export_report.json"
+REPORT_SCHEMA = "toolkit.export_report/1"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in exporter messages
 # Sources that decide what a graph computes or how it is checked: a change re-exports everything.
 # Named file by file (other converters and runners live beside these and do not touch these artifacts).
 _ROOT = Path(__file__).resolve().parent
@@ -128,7 +132,7 @@ class ExportReport:
         return [f for row in self.rows for f in row["failures"]]
 
     def to_json(self) -> dict:
-        return {"schema": "toolkit.export_report/1", "out": self.out, "weights": self.weights, "ok": self.ok,
+        return {"schema": REPORT_SCHEMA, "out": self.out, "weights": self.weights, "ok": self.ok,
                 "wall_seconds": round(self.seconds, 2), "machine": self.machine, "versions": self.versions,
                 "artifacts": self.rows}
 
@@ -164,33 +168,79 @@ def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tenso
 
 
 def _produce(comp: Component, fmt: Format, graph: nn.Module, inputs: dict, reference: dict, out: Path,
-             progress: Callable[[str], None]) -> tuple[Path, dict]:
-    """Export one artifact, verify it, move it to its final (or failed) name; returns (path, record)."""
+             progress: Callable[[str], None], failed_key: str) -> tuple[Path, dict]:
+    """Export one artifact, verify it, move it to its final (or failed) name; returns (path, record).
+
+    An interrupt or a write error (disk full) stops the job, leaving no temporary file behind."""
     final = out / f"{comp.name}{fmt.suffix}"
     tmp = out / f".{comp.name}.partial{fmt.suffix}"
     start = time.perf_counter()
     args = tuple(torch.from_numpy(x) for x in comp.example().values())
     try:
-        with _quiet_exporters():
-            info = fmt.make(comp, graph, args, tmp)
-    except Exception as e:  # noqa: BLE001 - an exporter failure fails this artifact, not the job
+        try:
+            with keep_interrupts(), _quiet_exporters():
+                info = fmt.make(comp, graph, args, tmp)
+        except Exception as e:  # noqa: BLE001 - an exporter failure fails this artifact, not the job
+            if is_write_error(e, out):
+                raise
+            tmp.unlink(missing_ok=True)
+            # the whole message goes to the report (without colour codes); the CLI prints one line
+            message = f"{comp.name} [{fmt.name}]: export failed: {type(e).__name__}: {_ANSI.sub('', str(e)).strip()}"
+            return final, {"verification": {"ok": False, "failures": [message[:4000]]},
+                           "seconds": time.perf_counter() - start}
+        progress(f"{comp.name}.{fmt.name}: exported in {info['export_seconds']:.1f} s, verifying on {len(inputs)} cases")
+        verify_start = time.perf_counter()
+        got = run_cases(fmt.runner(tmp), inputs)
+        verification = compare(comp, fmt.name, inputs, reference, got)
+        record = {**info, "size_bytes": tmp.stat().st_size, "verify_seconds": time.perf_counter() - verify_start,
+                  "seconds": time.perf_counter() - start, "verification": verification.summary()}
+        if not verification.ok:
+            failed = out / f"{comp.name}.failed{fmt.suffix}"
+            os.replace(tmp, failed)
+            cache.store(failed, failed_key, record)  # the record marks the file as the export's own
+            cache.record_path(final).unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
+            return failed, record
+        os.replace(tmp, final)
+        return final, record
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        message = f"{comp.name} [{fmt.name}]: export failed: {type(e).__name__}: {str(e).strip()[:500]}"
-        return final, {"verification": {"ok": False, "failures": [message]}, "seconds": time.perf_counter() - start}
-    progress(f"{comp.name}.{fmt.name}: exported in {info['export_seconds']:.1f} s, verifying on {len(inputs)} cases")
-    verify_start = time.perf_counter()
-    got = run_cases(fmt.runner(tmp), inputs)
-    verification = compare(comp, fmt.name, inputs, reference, got)
-    record = {**info, "size_bytes": tmp.stat().st_size, "verify_seconds": time.perf_counter() - verify_start,
-              "seconds": time.perf_counter() - start, "verification": verification.summary()}
-    if not verification.ok:
-        failed = out / f"{comp.name}.failed{fmt.suffix}"
-        os.replace(tmp, failed)
-        cache.record_path(final).unlink(missing_ok=True)
-        final.unlink(missing_ok=True)
-        return failed, record
-    os.replace(tmp, final)
-    return final, record
+        raise
+
+
+def _is_record(path: Path, artifact: str) -> bool:
+    """A cache record (written by `cache.store`) of the file named `artifact`."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("file") == artifact and "key" in record and "sha256" in record
+
+
+def _is_own(path: Path) -> bool:
+    """Whether the export wrote `path`: its report, a cache record, or an artifact with its record."""
+    if path.name == REPORT_NAME:
+        try:
+            return json.loads(path.read_text()).get("schema") == REPORT_SCHEMA
+        except (OSError, ValueError, AttributeError):
+            return False
+    if path.name.endswith(".json"):
+        return _is_record(path, path.name[:-len(".json")])
+    return _is_record(cache.record_path(path), path.name)
+
+
+def foreign_files(out: Path, names: Iterable[str], formats: Iterable[str]) -> list[str]:
+    """Files in `out` an export of `names` x `formats` would replace or delete but did not write."""
+    paths = [out / REPORT_NAME]
+    for name in names:
+        for fmt in (FORMATS[f] for f in formats):
+            for artifact in (out / f"{name}{fmt.suffix}", out / f"{name}.failed{fmt.suffix}"):
+                paths += [artifact, cache.record_path(artifact)]
+    listed = set()  # failed artifacts of earlier versions have no record, but the export's report names them
+    if (out / REPORT_NAME).is_file() and _is_own(out / REPORT_NAME):
+        rows = json.loads((out / REPORT_NAME).read_text()).get("artifacts", [])
+        listed = {row.get("file") for row in rows if isinstance(row, dict)}
+    return [p.name for p in paths if (p.exists() or p.is_symlink()) and not (_is_own(p) or p.name in listed)]
 
 
 def check_selection(names: Iterable[str] | None, formats: Iterable[str]) -> list[str]:
@@ -205,6 +255,20 @@ def check_selection(names: Iterable[str] | None, formats: Iterable[str]) -> list
     return names
 
 
+def check_out(out: str | Path, names: Iterable[str], formats: Iterable[str]) -> None:
+    """The folder is a cache that later runs reuse, so it may hold other files: the export only ever
+    replaces or deletes files it wrote itself (its report, an artifact with its cache record), and
+    refuses a folder where it would have to replace anything else, whatever --force says."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ToolkitError(f"{out} exists and is not a directory")
+    if out.is_dir():
+        foreign = foreign_files(out, names, formats)
+        if foreign:
+            raise ToolkitError(f"{out} holds {', '.join(foreign)}, not written by an export; the export would "
+                               "replace them: move them or choose another folder")
+
+
 def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
                names: Iterable[str] | None = None, formats: Iterable[str] = ("onnx", "ptl"), force: bool = False,
                progress: Callable[[str], None] = lambda message: None,
@@ -214,8 +278,21 @@ def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
     start = time.perf_counter()
     names = check_selection(names, formats)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    reference = reference or Reference(state, progress=progress)
+    check_out(out, names, formats)
+    try:
+        created = make_dirs(out)
+    except OSError as err:  # under /proc, /sys or a regular file, no permission, ...
+        raise ToolkitError(f"cannot create {out}: {error_text(err, out)}") from err
+    try:
+        with writing_to(out):
+            return _run_export(out, state, weights_label, names, formats, force, progress, reference, start)
+    except BaseException:
+        remove_empty(created)  # a folder this run made and left empty (interrupted early)
+        raise
+
+
+def _run_export(out: Path, state, weights_label, names, formats, force, progress, reference, start) -> ExportReport:
+    reference = reference or Reference(state, progress=progress, components=names)
     shared = {"code": code_digest(), "versions": tool_versions(), "golden_case": reference.golden}
     rows = []
     for name in names:
@@ -240,7 +317,7 @@ def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
                 rows.append(_row(comp, fmt, artifact, state, found.record, "hit"))
                 continue
             progress(f"{comp.name}.{fmt.name}: exporting ({found.reason})")
-            path, record = _produce(comp, fmt, exported, inputs, outputs, out, progress)
+            path, record = _produce(comp, fmt, exported, inputs, outputs, out, progress, f"failed:{key}")
             if record["verification"]["ok"]:
                 record = cache.store(path, key, record)
             rows.append(_row(comp, fmt, path, state, record, f"miss ({found.reason})"))
@@ -249,7 +326,12 @@ def run_export(out: str | Path, state: Mapping[str, Tensor], weights_label: str,
                      f", max abs error {_fmt(summary['max_abs_error'])}, {summary['seconds']:.1f} s")
         reference.forget(comp)  # the reference outputs of the big components are ~100 MB per case
     report = ExportReport(str(out), weights_label, rows, time.perf_counter() - start)
-    (out / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=2, default=str))
+    tmp = out / f".{REPORT_NAME}.partial-{os.getpid()}"
+    try:  # whole or not at all: an interrupted write must not leave a truncated report
+        tmp.write_text(json.dumps(report.to_json(), indent=2, default=str))
+        os.replace(tmp, out / REPORT_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
     return report
 
 

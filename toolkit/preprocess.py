@@ -6,25 +6,15 @@ resize differently, as the reference does:
 - tracker frames: PIL bicubic resize, then /255 in float64.
 """
 
-from os import PathLike
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from toolkit.errors import ToolkitError
+from toolkit.images import load_rgb  # noqa: F401 - the one image loader, re-exported here
 
 IMAGE_SIZE = 1008
-
-
-def load_rgb(path: str | PathLike) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except OSError as err:  # missing file or not an image Pillow can read
-        raise ToolkitError(f"cannot read image {path}: {err}") from err
 
 
 def _check_rgb(rgb: np.ndarray) -> None:

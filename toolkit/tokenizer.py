@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -20,7 +21,10 @@ import ftfy
 import regex
 import torch
 
+from .errors import ToolkitError
+
 CONTEXT_LENGTH = 77
+MAX_PROMPT_TOKENS = CONTEXT_LENGTH - 2  # the start and end tokens take two slots
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 START_TOKEN = "<start_of_text>"
 END_TOKEN = "<end_of_text>"
@@ -146,3 +150,17 @@ class Tokenizer:
                 ids = [*ids[: context_length - 1], self.end_id]
             result[row, : len(ids)] = torch.tensor(ids)
         return result
+
+
+def check_prompt_text(text: str) -> None:
+    """Refuse a prompt the text encoder would not see as written: nothing visible left after the
+    cleaning (only whitespace, control or format characters: as empty as ""), or more tokens than
+    fit (the tokenizer would cut it silently)."""
+    cleaned = clean_text(text)
+    if not any(unicodedata.category(c)[0] not in "CZ" for c in cleaned):
+        raise ToolkitError("the text prompt is empty" + ("" if not text.strip() else
+                                                          " (only whitespace, control or format characters)"))
+    tokens = len(Tokenizer().encode(text))
+    if tokens > MAX_PROMPT_TOKENS:
+        raise ToolkitError(f"the text prompt is {tokens} tokens long; the text encoder takes at most "
+                           f"{MAX_PROMPT_TOKENS} (a context of {CONTEXT_LENGTH} with start and end): shorten it")

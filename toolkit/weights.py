@@ -12,6 +12,7 @@ object-present branch alive, and the dead trunk's complex RoPE tables are the mo
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from . import layout
 from .errors import ToolkitError
+from .outputs import writing_to
 
 LABEL = "deterministic synthetic weights (golden fixture fill rule), NOT the trained EfficientSAM3 weights"
 
@@ -79,17 +81,25 @@ def write_default_checkpoint(path: str | os.PathLike, with_dead_trunk: bool = Fa
     Written to a temporary name and renamed, so an interrupted write never leaves a file that
     looks complete; an existing file is kept unless `force`.
     """
-    path = Path(path)
+    given, path = Path(path), Path(os.path.abspath(path))  # '.' or 'x/..' name no file
+    if path.is_dir():
+        raise ToolkitError(f"{given} is a directory; name the .pth file to write")
     if path.exists() and not force:
-        raise ToolkitError(f"{path} exists; pass --force to overwrite it")
+        raise ToolkitError(f"{given} exists; pass --force to overwrite it")
     if not path.parent.is_dir():
-        raise ToolkitError(f"directory {path.parent} does not exist")
-    sd = synthetic_state_dict(with_dead_trunk=with_dead_trunk)
+        raise ToolkitError(f"directory {given.parent} does not exist")
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        torch.save({"model": sd, "meta": {"weights": LABEL}}, tmp)
-        os.replace(tmp, path)
+        with writing_to(given, tmp):  # disk full, read-only, /proc: one line
+            # opened before the weights are made, so an unwritable place fails at once; a Python file,
+            # so write errors stay OSErrors (torch's own writer raises RuntimeError)
+            with open(tmp, "wb") as f:
+                sd = synthetic_state_dict(with_dead_trunk=with_dead_trunk)
+                torch.save({"model": sd, "meta": {"weights": LABEL}}, f)
+            if path.exists():  # --force keeps the permissions of the file it replaces
+                os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(path), "keys": len(sd), "numel": sum(t.numel() for t in sd.values()),
+    return {"path": str(given), "keys": len(sd), "numel": sum(t.numel() for t in sd.values()),
             "weights": LABEL}

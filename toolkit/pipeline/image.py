@@ -14,7 +14,7 @@ from ..errors import ToolkitError
 from ..model.detector import Detector, detections
 from ..model.recording import Recorder
 from ..preprocess import preprocess_image
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, check_prompt_text
 
 
 @dataclass
@@ -29,9 +29,8 @@ class Detections:
 
 
 def check_prompt(prompt: str, boxes_xyxy, image_hw: tuple[int, int]) -> None:
-    """Reject an empty text prompt and boxes that are empty or leave the image."""
-    if not prompt.strip():
-        raise ToolkitError("the text prompt is empty")
+    """Reject an empty or too long text prompt and boxes that are empty or leave the image."""
+    check_prompt_text(prompt)
     height, width = image_hw
     for x0, y0, x1, y1 in boxes_xyxy:
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from ..errors import ToolkitError
@@ -33,7 +32,8 @@ from ..model.detector import Detector, detections
 from ..model.recording import Recorder, recording_output, stage_tensors
 from ..model.tracker import TrackerModules
 from ..model.vision import VisionBackbone
-from ..preprocess import IMAGE_SIZE, load_rgb, preprocess_frame
+from ..images import image_size_hw, load_rgb
+from ..preprocess import IMAGE_SIZE, preprocess_frame
 from ..tokenizer import Tokenizer
 from .memory_bank import MemoryBank, MemoryPlan, frame_quality, use_multimask
 
@@ -81,13 +81,8 @@ class ImageFolder(Frames):
         if not self.files:
             raise ToolkitError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
         self.names = [p.name for p in self.files]
-        sizes = {}
-        for p in self.files:
-            try:
-                with Image.open(p) as img:
-                    sizes[p.name] = (img.height, img.width)
-            except OSError as err:
-                raise ToolkitError(f"cannot read image {p}: {err}") from err
+        # the upright sizes `load_rgb` will give (EXIF orientation), every frame checked before any work
+        sizes = {p.name: image_size_hw(p) for p in self.files}
         self.size_hw = sizes[self.names[0]]
         odd = next((n for n in self.names if sizes[n] != self.size_hw), None)
         if odd is not None:
