@@ -11,13 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BANK_EXACT_RTOL
 
 from toolkit.golden import check_stage, compare_tensor, golden_path, load_stage, stage_tensor
 from toolkit.model.tracker import (
     SamMaskDecoder,
     TrackerModules,
     effective_iou_score,
-    mask_logits_to_memory_input,
+    memory_input,
+    memory_mask_probability,
 )
 from toolkit.model.tracker.rope import axial_rope_tables, rotate
 from toolkit.weights import synthetic_state_dict
@@ -133,8 +135,24 @@ def test_single_mask_stability_fallback():
 
 def test_memory_input_from_mask_logits():
     logits = torch.tensor([-3.0, 0.0, 2.0]).reshape(1, 1, 1, 3)
-    assert mask_logits_to_memory_input(logits, True).flatten().tolist() == [-10.0, -10.0, 10.0]
-    torch.testing.assert_close(mask_logits_to_memory_input(logits, False), torch.sigmoid(logits) * 20 - 10)
+    assert memory_input(memory_mask_probability(logits, True)).flatten().tolist() == [-10.0, -10.0, 10.0]
+    torch.testing.assert_close(memory_input(memory_mask_probability(logits, False)), torch.sigmoid(logits) * 20 - 10)
+
+
+def test_receptive_cells_of_the_memory_encoder(tracker):
+    """The cells a mask pixel reaches are those whose features change when it flips, and no others."""
+    encoder = tracker.maskmem_backbone
+    pixel = torch.zeros(1, 1, 1008, 1008, dtype=torch.bool)
+    pixel[0, 0, 500, 300] = True
+    cells = encoder.receptive_cells(pixel)[0]
+    assert cells.shape == (72, 72) and 1 < int(cells.sum()) < 0.1 * 72 * 72
+    pix = torch.randn(1, 256, 72, 72, generator=torch.Generator().manual_seed(0))
+    mask = torch.full((1, 1, 1008, 1008), -10.0)
+    with torch.no_grad():
+        before = encoder(pix, mask)[0]
+        after = encoder(pix, torch.where(pixel, 10.0, mask))[0]
+    changed = (after - before).abs().amax(dim=1)[0] > 0
+    assert bool(changed.any()) and not bool((changed & ~cells).any())
 
 
 # --- the golden tracker case end to end ------------------------------------------------------
@@ -241,15 +259,20 @@ def golden_run(tracker, frame_features):
             }
             if t == 0:
                 # Encoded when propagation starts: the low-res mask resized again, binarised (clicked frame).
-                high_res = F.interpolate(heads["low_res_masks"], size=(1008, 1008), mode="bilinear",
-                                         align_corners=False)
+                # Binarised from upstream's own mask (stored whole): our logits differ from it by float
+                # error, and a pixel that close to 0 may flip on another CPU; from the same mask, the
+                # memory encoder is checked at the full tolerance (`test_binarisation_flips_are_explained`
+                # covers our own mask).
+                upstream_low_res = torch.from_numpy(stage_tensor("trk_f0_prompt__07_track_step", "out.pred_masks"))
+                high_res = F.interpolate(upstream_low_res, size=(1008, 1008), mode="bilinear", align_corners=False)
                 memory_stage, from_points = "trk_preflight__06_memory_encoder", True
             else:
                 high_res = heads["high_res_masks"]
                 memory_stage, from_points = f"{stage}__06_memory_encoder", False
-            raw, raw_pos = tracker.maskmem_backbone(fpn[2], mask_logits_to_memory_input(high_res, from_points))
+            probability = memory_mask_probability(high_res, from_points)
+            raw, raw_pos = tracker.maskmem_backbone(fpn[2], memory_input(probability))
             got[memory_stage] = {"out.vision_features": raw, "out.vision_pos_enc.0": raw_pos}
-            mem, mem_pos = tracker.encode_memory(fpn[2], high_res, heads["object_score_logits"], from_points)
+            mem, mem_pos = tracker.encode_memory(fpn[2], probability, heads["object_score_logits"])
             if t > 0:
                 track_step.update({"out.maskmem_features": mem, "out.maskmem_pos_enc.0": mem_pos})
             got[f"{stage}__07_track_step"] = track_step
@@ -277,8 +300,8 @@ def test_golden_tracker_case(golden_run, stage):
 @pytest.mark.full
 @pytest.mark.parametrize("frame", [1, 2])
 def test_memory_bank_rules_are_exact(golden_run, frame):
-    """The golden tolerance (1e-3 * max|ref|) also accepts a bank with frame 1's pointer added on
-    frame 2 (error 3.5e-3 of 4.25) or float32 memories (7e-4); the exact bank gives < 1e-5."""
+    """The memory bank equals upstream's: memory attention within BANK_EXACT_RTOL (the golden tolerance
+    would also accept a bank with one pointer too many; see conftest for the measured separation)."""
     stage = f"{FRAME_STAGES[frame]}__05_memory_attention"
     result = compare_tensor(stage, "out.memory", golden_run[stage]["out.memory"], load_stage(stage))
-    assert result["max_abs"] <= 1e-5 * result["max_ref"], result["message"]
+    assert result["max_abs"] <= BANK_EXACT_RTOL * result["max_ref"], result["message"]

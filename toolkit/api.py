@@ -48,16 +48,10 @@ def load_detector(checkpoint_path: str | Path | None = None) -> tuple[Detector, 
     Without a checkpoint it uses the embedded default (deterministic weights, not the trained ones).
     """
     from .model.detector import Detector
-    from .weights import LABEL, synthetic_state_dict
-    if checkpoint_path is None:
-        state, label = synthetic_state_dict("detector."), f"embedded default checkpoint: {LABEL}"
-    else:
-        ckpt = checkpoint.load_checkpoint(checkpoint_path)
-        state = ckpt.with_prefix("detector.")
-        label = str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    weights = checkpoint.resolve_weights(checkpoint_path, ("detector.",))
     detector = Detector()
-    detector.load_state_dict(state, strict=True)
-    return detector.eval(), label
+    detector.load_state_dict(weights.under("detector."), strict=True)
+    return detector.eval(), weights.label
 
 
 @dataclass
@@ -144,15 +138,9 @@ def load_video_tracker(checkpoint_path: str | Path | None = None,
     from .model.tracker import TrackerModules
     from .model.vision import VisionBackbone
     from .pipeline.video import VideoTracker
-    from .weights import LABEL, synthetic_state_dict
     backbone_prefix = "detector." if with_detector else "detector.backbone.vision_backbone."
-    if checkpoint_path is None:
-        tracker_state, backbone_state = synthetic_state_dict("tracker."), synthetic_state_dict(backbone_prefix)
-        label = f"embedded default checkpoint: {LABEL}"
-    else:
-        ckpt = checkpoint.load_checkpoint(checkpoint_path)
-        tracker_state, backbone_state = ckpt.with_prefix("tracker."), ckpt.with_prefix(backbone_prefix)
-        label = str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
+    weights = checkpoint.resolve_weights(checkpoint_path, ("tracker.", backbone_prefix))
+    tracker_state, backbone_state, label = weights.under("tracker."), weights.under(backbone_prefix), weights.label
     tracker = TrackerModules()
     tracker.load_state_dict(tracker_state, strict=True)
     if with_detector:
@@ -278,17 +266,12 @@ def export(out: str | Path, checkpoint_path: str | Path | None = None, component
     `toolkit.export.ExportReport` (also written to `out/export_report.json`)."""
     from .export import check_out, check_selection, run_export
     from .outputs import guard_outputs
-    from .weights import LABEL, synthetic_state_dict
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path})
     components = check_selection(components, formats)
     check_out(out, components, formats)  # before the weights load
     progress("loading the weights")
-    if checkpoint_path is None:
-        state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
-    else:
-        ckpt = checkpoint.load_checkpoint(checkpoint_path)
-        state, label = ckpt.state_dict, str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
-    return run_export(out, state, label, components, formats, force, progress)
+    weights = checkpoint.resolve_weights(checkpoint_path)
+    return run_export(out, weights.state, weights.label, components, formats, force, progress)
 
 
 @dataclass
@@ -355,7 +338,6 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
     from .build import read_concepts, run_build
     from .outputs import guard_outputs
     from .targets import find_target
-    from .weights import LABEL, synthetic_state_dict
     # the export cache is read as well as written: the bundle folder may not hold it either
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--concepts": concepts, "--cache": cache_dir,
                                    "--target": target if Path(target).is_file() else None})
@@ -363,11 +345,8 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
     concept_list = read_concepts(concepts) if concepts else None
     if checkpoint_path is None:
         progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
-        state, label = synthetic_state_dict(), f"embedded default checkpoint: {LABEL}"
-    else:
-        ckpt = checkpoint.load_checkpoint(checkpoint_path)
-        state, label = ckpt.state_dict, str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}")
-    return run_build(spec, out, state, label, checkpoint_path is None, str(checkpoint_path) if checkpoint_path else None,
+    weights = checkpoint.resolve_weights(checkpoint_path)
+    return run_build(spec, out, weights.state, weights.label, weights.embedded_default, str(checkpoint_path) if checkpoint_path else None,
                      concept_list, components, cache_dir, force, archive, progress=progress)
 
 

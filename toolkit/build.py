@@ -38,6 +38,7 @@ from . import __version__, layout
 from .bundle import ARTIFACT_SUFFIX, SCHEMA_ID, create_archive, file_entries, write_manifest
 from .components import COMPONENTS, Component
 from .errors import ToolkitError
+from .machine import cpu
 from .outputs import fresh_output_dir
 from .pipeline import memory_bank, video
 from .preprocess import IMAGE_SIZE
@@ -79,6 +80,9 @@ POSTPROCESS = {
         "mask_choice": "mask_decoder gives 4 masks: with at most multimask_max_points prompt points (tracked "
                        "frames have none) the best predicted IoU among masks 1..3, else mask 0 (falling back to "
                        "the best of 1..3 when mask 0 is unstable); masks of an absent object are no_object_score",
+        "memory_encoder_input": "mask_probability: the chosen 288x288 mask logits resized bilinearly (half-pixel "
+                                "centres) to 1008x1008, then 1.0 where > 0 else 0.0 on a prompted (clicked) frame, "
+                                "sigmoid on a tracked frame",
         "multimask_max_points": memory_bank.MULTIMASK_MAX_POINTS, "no_object_score": -1024.0,
         "num_maskmem": memory_bank.NUM_MASKMEM, "max_conditioning_frames": memory_bank.MAX_COND_FRAMES,
         "max_object_pointers": memory_bank.MAX_OBJ_PTRS, "selection_threshold": memory_bank.SELECTION_THRESHOLD,
@@ -152,10 +156,10 @@ class _Job:
     """One build: the target, the weights, the export cache, the bundle being written."""
 
     def __init__(self, target: Target, state: Mapping[str, Tensor], label: str, root: Path, cache_dir: Path,
-                 golden: bool | None, progress: Callable[[str], None]):
+                 golden: bool | None, progress: Callable[[str], None], names: list[str]):
         self.target, self.state, self.label, self.root, self.cache_dir = target, state, label, root, cache_dir
         self.progress = progress
-        self.reference = Reference(state, golden, progress)
+        self.reference = Reference(state, golden, progress, names)
         self.export_rows: dict[tuple[str, str], dict] = {}
         self.entries: dict[str, dict] = {}
         self.final_plans: dict[str, ComponentPlan] = {}
@@ -381,7 +385,7 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(digest)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with fresh_output_dir(out, force) as root:
-        job = _Job(target, state, weights_label, root, cache_dir, golden, progress)
+        job = _Job(target, state, weights_label, root, cache_dir, golden, progress, names)
         plans = {n: target.plans[n] for n in names}
         entries = _build_components(job, plans)
         manifest = {
@@ -406,7 +410,9 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
         manifest["files"] = file_entries(root)
         size = sum(f["bytes"] for f in manifest["files"])
         manifest["build"] = {"seconds": round(time.perf_counter() - start, 1), "bytes": size, "notes": notes,
-                             "export_cache": str(cache_dir), "components_built": names}
+                             "export_cache": str(cache_dir), "components_built": names,
+                             # verification ran here: float rounding (and so parity figures) depend on the CPU
+                             "cpu": cpu()}
         write_manifest(root, manifest)
         root.chmod(0o755)  # the temporary directory was created private (0700)
         progress(f"manifest written ({len(manifest['files'])} files, {size / 2**20:.1f} MiB)")

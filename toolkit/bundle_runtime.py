@@ -18,11 +18,9 @@ reference:
   code, run over the prompt-encoder / mask-decoder / object-pointer runners.
 
 Boundaries that differ from the reference's method boundaries, and how they are bridged:
-the memory_encoder component takes the 288x288 mask logits and upsamples inside, while the
-pipeline hands over the 1008x1008 upsampled mask: the adapter finds the 288 mask among those the
-SAM heads produced whose exact upsampling it is (and refuses a mask it cannot trace back). The
-memory_attention component takes the bank's raw memories with their slot indices and computes
-the position encodings inside, so `memory_inputs` returns those. Text prompts for tracking use
+the memory_encoder component takes the 1008x1008 mask probability the pipeline computes (the
+binarisation of a clicked frame's mask stays outside every graph). The memory_attention component
+takes the bank's raw memories with their slot indices and computes the position encodings inside, so `memory_inputs` returns those. Text prompts for tracking use
 the mask-prompt path (`mask_downsample`), which no component exports: a bundle tracks clicks
 and boxes.
 """
@@ -36,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import tokenizer as clip_bpe
 from .bundle import Bundle, BundleError
+from .components import ground
 from .errors import ToolkitError
 from .model.detector import Recorder
 from .model.position import PositionEmbeddingSine
@@ -48,7 +46,7 @@ from .model.tracker import TrackerModules
 from .model.tracker.mask_decoder import SamMaskDecoder
 from .model.tracker.memory_encoder import MEM_DIM
 from .pipeline.memory_bank import MemoryBank, MemoryPlan
-from .pipeline.video import IMAGE_SIZE, FrameFeatures, Memory, VideoTracker
+from .pipeline.video import FrameFeatures, Memory, VideoTracker
 from .preprocess import preprocess_frame
 from .runners import Runner
 from .tokenizer import Tokenizer
@@ -233,28 +231,16 @@ class RunnerDetector:
         return out
 
     def forward_grounding(self, features, text, boxes=None, box_labels=None, record: Recorder | None = None) -> dict:
-        if boxes is None:
-            boxes, box_labels = np.zeros((0, 1, 4), np.float32), np.zeros((0, 1), bool)
-        geometry = self._run("geometry_encoder", boxes=np.asarray(boxes, np.float32),
-                             box_labels=np.asarray(box_labels, bool), image_features=features["fpn_72"],
-                             image_pos=features["image_pos"])
-        prompt = {"prompt": np.concatenate([text["text_features"], geometry["geometry_tokens"]]),
-                  "prompt_mask": np.concatenate([text["text_mask"], geometry["geometry_mask"]], axis=1)}
-        memory = self._run("fusion_encoder", image_features=features["fpn_72"], image_pos=features["image_pos"],
-                           **prompt)["memory"]
-        decoded = self._run("fusion_decoder", memory=memory, image_pos=features["image_pos"], **prompt)
-        logits = self._run("scoring", queries=decoded["queries"], **prompt)["pred_logits"]
-        masks = self._run("segmentation_head", fpn_288=features["fpn_288"], fpn_144=features["fpn_144"],
-                          queries=decoded["queries"], memory=memory, **prompt)
-        out = {"encoder_hidden_states": memory, "queries": decoded["queries"],
-               "presence_logit_dec": decoded["presence_logit"], "pred_logits": logits,
-               "pred_boxes": decoded["pred_boxes"], "pred_masks": masks["pred_masks"],
-               "semantic_seg": masks["semantic_seg"]}
+        out = ground(self._run, features, text, boxes, box_labels)
+        grounding = {"encoder_hidden_states": out["memory"], "queries": out["queries"],
+                     "presence_logit_dec": out["presence_logit"], "pred_logits": out["pred_logits"],
+                     "pred_boxes": out["pred_boxes"], "pred_masks": out["pred_masks"],
+                     "semantic_seg": out["semantic_seg"]}
         if record is not None:
-            record("06_geometry_encoder", {"out.0": geometry["geometry_tokens"], "out.1": geometry["geometry_mask"]})
-            record("07_fusion_encoder", {"out.memory": memory})
-            record("11_grounding_out", {f"out.{k}": v for k, v in out.items()})
-        return {k: _torch(v) for k, v in out.items()}
+            record("06_geometry_encoder", {"out.0": out["geometry_tokens"], "out.1": out["geometry_mask"]})
+            record("07_fusion_encoder", {"out.memory": out["memory"]})
+            record("11_grounding_out", {f"out.{k}": v for k, v in grounding.items()})
+        return {k: _torch(v) for k, v in grounding.items()}
 
 
 # --- the video pipeline's tracker ---------------------------------------------------------------------
@@ -327,7 +313,6 @@ class RunnerTrackerModules(nn.Module):
         self.maskmem_backbone = nn.Identity()
         self.memory_pos = PositionEmbeddingSine(MEM_DIM)  # weightless: the memory encoder's position encoding
         self.no_memory = None  # no_memory_features of the last encoded frame (tracker_neck output)
-        self.recent_low_res: list[Tensor] = []  # 288 masks of the last SAM decode, to trace 1008 masks back
 
     def object_pointer(self, sam_token: Tensor, object_score_logits: Tensor) -> Tensor:
         out = self.runners["object_pointer"].infer({"sam_token": sam_token.numpy(),
@@ -337,25 +322,15 @@ class RunnerTrackerModules(nn.Module):
     def no_memory_features(self, current: Tensor) -> Tensor:
         return self.no_memory.expand(current.shape[1], -1, -1, -1)
 
-    def encode_memory(self, pix_feat: Tensor, high_res: Tensor, object_score_logits: Tensor,
-                      mask_from_points: bool) -> tuple[Tensor, Tensor]:
+    def encode_memory(self, pix_feat: Tensor, mask_probability: Tensor,
+                      object_score_logits: Tensor) -> tuple[Tensor, Tensor]:
         """Memory features and their position encoding (memory_attention computes the latter itself;
         it is returned for the stage dumps)."""
-        low_res = self._low_res_of(high_res)
         out = self.runners["memory_encoder"].infer({
-            "image_features": pix_feat[:1].numpy(), "mask_logits": low_res.numpy(),
-            "object_score_logits": object_score_logits.numpy(), "mask_from_points": np.array(bool(mask_from_points))})
+            "image_features": pix_feat[:1].numpy(), "mask_probability": mask_probability.numpy(),
+            "object_score_logits": object_score_logits.numpy()})
         features = _torch(out["memory_features"])
         return features, self.memory_pos(features)
-
-    def _low_res_of(self, high_res: Tensor) -> Tensor:
-        for low_res in self.recent_low_res:
-            if low_res.shape[0] == high_res.shape[0] and torch.equal(
-                    F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False),
-                    high_res):
-                return low_res
-        raise ToolkitError("the memory_encoder component takes the 288x288 mask the SAM heads predicted; this "
-                           "1008x1008 mask is not an upsampling of one (mask prompts are not supported from a bundle)")
 
     def condition_on_memory(self, current: Tensor, current_pos: Tensor, *memory_inputs) -> Tensor:
         out = self.transformer["encoder"](current, current_pos, *memory_inputs)
@@ -389,12 +364,6 @@ class RunnerTracker(VideoTracker):
                 "out.backbone_fpn.1": feats.feat_s1, "out.backbone_fpn.2": feats.vision,
                 "out.vision_pos_enc.2": feats.vision_pos})
         return feats, None
-
-    def sam_heads(self, pix_feat: Tensor, feats: FrameFeatures, points: Tensor, labels: Tensor, stage: str,
-                  record: Recorder | None) -> dict[str, Tensor]:
-        heads = super().sam_heads(pix_feat, feats, points, labels, stage, record)
-        self.tracker.recent_low_res = [heads["low_res_masks"]]
-        return heads
 
     def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory], pos: Tensor) -> tuple:
         """The memory_attention component's inputs: stacked memories (M,B,64,72,72) with their

@@ -163,3 +163,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     sd, container, meta = read_raw(path)
     live, dead_keys, dead_numel = validate(sd, str(path))
     return Checkpoint(live, str(path), dead_keys, dead_numel, container, meta)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a command runs on: the state dict and one label saying where it came from, used
+    everywhere the weights are named."""
+
+    state: dict[str, torch.Tensor]
+    label: str
+    embedded_default: bool
+
+    def under(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The entries under `prefix`, with the prefix stripped (what a submodule loads)."""
+        return {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
+
+
+def resolve_weights(checkpoint_path: str | Path | None = None, prefixes: tuple[str, ...] = ("",)) -> Weights:
+    """The checkpoint's weights under `prefixes` (loaded without running pickled code, validated), or
+    without one the embedded default (deterministic weights, NOT the trained ones: the label says so;
+    only the entries under `prefixes` are generated)."""
+    if checkpoint_path is None:
+        from .weights import LABEL, synthetic_state_dict
+        state = {prefix + k: v for prefix in prefixes for k, v in synthetic_state_dict(prefix).items()}
+        return Weights(state, f"embedded default checkpoint: {LABEL}", True)
+    ckpt = load_checkpoint(checkpoint_path)
+    return Weights({k: v for k, v in ckpt.state_dict.items() if k.startswith(prefixes)},
+                   str(ckpt.meta.get("weights") or f"checkpoint {checkpoint_path}"), False)

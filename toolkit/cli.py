@@ -90,9 +90,11 @@ def _names(text: str) -> list[str]:
 def _export(args) -> None:
     from .api import export
     from .export import REPORT_NAME, format_table
+    from .machine import cpu_line
     components = [name for group in args.components for name in group] or None
     report = export(args.out, args.checkpoint, components, args.format, args.force, progress=_progress)
     print(f"weights: {report.weights}")
+    print(f"verified on: {cpu_line()}")
     print(format_table(report.rows))
     hits = sum(row["cache"] == "hit" for row in report.rows)
     print(f"{len(report.rows)} artifacts ({hits} from the cache) in {report.seconds:.1f} s; "
@@ -155,6 +157,7 @@ def _build(args) -> None:
 
 def _verify(args) -> None:
     from .api import verify
+    from .machine import cpu_line
     from .verify_bundle import format_rows
     components = [name for group in args.components for name in group] or None
     report = verify(args.bundle, args.checkpoint, not args.no_parity, components, progress=_progress)
@@ -164,6 +167,7 @@ def _verify(args) -> None:
     print(f"{report.bundle} (target {report.target}): schema ok, {report.files} files ({_mib(report.bytes)}) match "
           "their sha256")
     print(format_rows(report.rows))
+    print(f"parity checked on: {cpu_line()}")
     for note in report.notes:
         print(f"note: {note}")
     counts = {s: sum(r["status"] == s for r in report.rows) for s in ("passed", "failed", "pending")}

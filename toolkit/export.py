@@ -32,6 +32,7 @@ from .convert.onnx_export import export_onnx
 from .convert.ort_mobile import convert_to_ort
 from .convert.ptl_export import export_ptl
 from .errors import ToolkitError, keep_interrupts
+from .machine import cpu
 from .outputs import error_text, is_write_error, make_dirs, remove_empty, writing_to
 from .runners import Runner
 from .runners.ort_runner import OrtRunner
@@ -110,8 +111,8 @@ def code_digest() -> str:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    return {"platform": platform.platform(), "cpu": cpu(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version()}
 
 
 @dataclass
@@ -160,6 +161,7 @@ def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tenso
         "dynamic_axes": {d.name: [d.min, d.max] for d in comp.dims()},
         "max_abs_error": v.get("max_abs_error"), "max_rel_error": v.get("max_rel_error"),
         "min_mask_iou": v.get("min_mask_iou"), "max_outlier_fraction": v.get("max_outlier_fraction"),
+        "threshold_flips": v.get("threshold_flips", 0),
         "cases": v.get("cases", []),
         "export_seconds": record.get("export_seconds"), "verify_seconds": record.get("verify_seconds"),
         "seconds": record.get("seconds"), "cache": cache_state, "ok": bool(v.get("ok")),
@@ -353,7 +355,7 @@ def _count(n: float | None, unit: str = "") -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ["component", "format", "exporter", "opset", "size", "params", "dynamic axes", "max abs err",
-            "max rel err", "beyond tol", "mask IoU", "cases", "time s", "cache", "ok"]
+            "max rel err", "beyond tol", "mask IoU", "flips at 0", "cases", "time s", "cache", "ok"]
     lines = [head]
     for r in rows:
         dyn = ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in r["dynamic_axes"].items()) or "-"
@@ -362,7 +364,8 @@ def format_table(rows: list[dict]) -> str:
             _count(r["size_bytes"], "B"), _count(r["parameters"]),
             dyn, _fmt(r["max_abs_error"]), _fmt(r["max_rel_error"]),
             "-" if r["max_outlier_fraction"] is None else f"{r['max_outlier_fraction']:.2%}",
-            "-" if r["min_mask_iou"] is None else f"{r['min_mask_iou']:.4f}", str(len(r["cases"])),
+            "-" if r["min_mask_iou"] is None else f"{r['min_mask_iou']:.4f}",
+            "-" if r["min_mask_iou"] is None else str(r.get("threshold_flips", 0)), str(len(r["cases"])),
             "-" if r["seconds"] is None else f"{r['seconds']:.1f}", r["cache"].split(" ")[0],
             "yes" if r["ok"] else "NO"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

@@ -111,6 +111,58 @@ def check_stage(stage: str, got: Mapping[str, object], names: list[str] | None =
     return results
 
 
+# Stages that binarise a mask, and the golden tensor holding upstream's mask before the 288 -> 1008
+# resize (stored whole): the prompted frame's mask is encoded into memory after `> 0`.
+BINARISED_MASK_SOURCE = {"trk_preflight__06_memory_encoder": ("trk_f0_prompt__07_track_step", "out.pred_masks")}
+BINARISED_INPUT = "in.binarised_mask_logits"  # dump tensor: the 1008 logits the stage thresholded
+
+
+def explain_flips(stage: str, dumped: Mapping[str, object], results: list[dict]) -> list[dict]:
+    """Re-judge the failed float comparisons of a stage that binarises a mask at logit 0.
+
+    A mask logit within float error of 0 lands on either side on another CPU (the golden was
+    recorded on an Intel CPU), and a flipped pixel changes every memory value in its receptive field.
+    Allowed: exactly those differences. The flipped pixels are found by comparing the signs of our
+    logits with upstream's (its stored 288 mask resized the same way); the logits must agree within
+    the fixture's float tolerance (so each flip is a float-error flip), and every sampled value beyond
+    the tolerance must lie in the receptive field of a flipped pixel. Anything else still fails.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .model.tracker.memory_encoder import MemoryEncoder
+
+    source_stage, source_name = BINARISED_MASK_SOURCE[stage]
+    ours = _as_numpy(dumped[BINARISED_INPUT]).astype(np.float32)
+    upstream = F.interpolate(torch.from_numpy(load_stage(source_stage)[source_name]).float(),
+                             size=ours.shape[-2:], mode="bilinear", align_corners=False).numpy()
+    logit_error = float(np.abs(ours - upstream).max())
+    logit_bound = FLOAT_RTOL * float(np.abs(upstream).max()) + FLOAT_ATOL
+    flipped = (ours > 0) != (upstream > 0)
+    cells = MemoryEncoder().receptive_cells(torch.from_numpy(flipped)).numpy()  # (B,72,72)
+    stored = load_stage(stage)
+    out = []
+    for result in results:
+        name = result.get("tensor")
+        spec = manifest()["stages"][stage]["tensors"].get(name)
+        if result["ok"] or spec is None or spec["dtype"] != "float32" or name not in dumped:
+            out.append(result)
+            continue
+        got = _as_numpy(dumped[name]).astype(np.float64)
+        idx = stored[name + "@idx"] if name + "@idx" in stored else np.arange(got.size)
+        ref = (stored[name + "@val"] if name + "@idx" in stored else stored[name]).reshape(-1).astype(np.float64)
+        beyond = np.abs(got.reshape(-1)[idx] - ref) > FLOAT_RTOL * float(np.abs(ref).max()) + FLOAT_ATOL
+        b, _, y, x = np.unravel_index(idx[beyond], got.shape)
+        unexplained = int((~cells[b, y, x]).sum())
+        where = f"{stage}:{name}"
+        summary = (f"{int(flipped.sum())} mask pixel(s) flipped at the binarisation (logits within "
+                   f"{logit_error:.2g} of upstream's, bound {logit_bound:.2g}); {int(beyond.sum())} sampled value(s) "
+                   f"beyond tolerance, {unexplained} outside the flips' receptive field ({cells.mean():.1%} of cells)")
+        ok = logit_error <= logit_bound and unexplained == 0
+        out.append({**result, "ok": ok, "flipped_pixels": int(flipped.sum()), "message": f"{where}: {summary}"})
+    return out
+
+
 def _compare_stages(dump: Mapping[str, Mapping[str, object]], dump_name) -> list[dict]:
     """Compare every golden stage for which `dump_name(stage)` gives a dump stage name (None: not
     this run's stage); golden stages or tensors the dump lacks are failures, so a partial dump
@@ -128,7 +180,10 @@ def _compare_stages(dump: Mapping[str, Mapping[str, object]], dump_name) -> list
             if tensor not in dump[name]:
                 results.append({"ok": False, "stage": stage, "message": f"{stage}:{tensor}: not in the dump"})
                 continue
-            results.append({"stage": stage, **compare_tensor(stage, tensor, dump[name][tensor], stored)})
+            results.append({"stage": stage, "tensor": tensor, **compare_tensor(stage, tensor, dump[name][tensor], stored)})
+        if stage in BINARISED_MASK_SOURCE and BINARISED_INPUT in dump[name]:
+            stage_results = [r for r in results if r["stage"] == stage]
+            results = [r for r in results if r["stage"] != stage] + explain_flips(stage, dump[name], stage_results)
     return results
 
 

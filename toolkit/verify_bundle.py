@@ -110,13 +110,10 @@ def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progres
     if checkpoint_path is None and not model["embedded_default"]:
         raise ToolkitError(f"bundle {bundle.root} was built from {model['weights']!r}; parity needs that checkpoint: "
                            "pass --checkpoint (or --no-parity)")
+    from .checkpoint import resolve_weights
     if checkpoint_path is None:
-        from .weights import synthetic_state_dict
         progress("generating the embedded default weights (the bundle was built from them)")
-        state = synthetic_state_dict()
-    else:
-        from .checkpoint import load_checkpoint
-        state = load_checkpoint(checkpoint_path).state_dict
+    state = resolve_weights(checkpoint_path).state
     if weights_digest(state) != model["weights_sha256"]:
         raise ToolkitError(f"the reference weights do not match the bundle's (weights digest differs from "
                            f"{model['weights_sha256'][:12]}...): pass the checkpoint the bundle was built from")
@@ -150,7 +147,7 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
             report.notes.append(f"{len(on_device)} on-device file(s) not covered by checksums: {', '.join(on_device)}")
         reference = None
         if parity and any(runtime_unavailable(entries[n]["format"]) is None for n in names):
-            reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress)
+            reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress, names)
         for name in names:
             entry = entries[name]
             row = {"component": name, "format": entry["format"], "precision": entry["precision"],
@@ -188,7 +185,9 @@ def write_report(report: VerifyReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+        from .machine import cpu
+        document = {**report.to_json(), "cpu": cpu()}  # parity figures depend on the CPU they ran on
+        tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -42,19 +42,18 @@ class Sources:
         self._graphs: dict = {}
 
     @cached_property
+    def weights(self):
+        from ..checkpoint import resolve_weights
+        self.progress(f"loading {self.checkpoint}" if self.checkpoint else "generating the embedded default weights")
+        return resolve_weights(self.checkpoint)
+
+    @property
     def state(self) -> dict:
-        from .. import checkpoint
-        from ..weights import synthetic_state_dict
-        if self.checkpoint is None:
-            self.progress("generating the embedded default weights")
-            return synthetic_state_dict()
-        self.progress(f"loading {self.checkpoint}")
-        return dict(checkpoint.load_checkpoint(self.checkpoint).state_dict)
+        return self.weights.state
 
     @property
     def weights_label(self) -> str:
-        from ..weights import LABEL
-        return f"checkpoint {self.checkpoint}" if self.checkpoint else f"embedded default: {LABEL}"
+        return self.weights.label
 
     @cached_property
     def models(self):

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..errors import ToolkitError
+from ..machine import cpu
 
 Progress = Callable[[str], None]
 LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy")
@@ -48,8 +49,6 @@ def _first_line(path: str, prefix: str) -> str | None:
 
 def describe() -> dict:
     """This machine: CPU model, cores, memory, OS, Python, library versions, load average."""
-    cpu = _first_line("/proc/cpuinfo", "model name") or _first_line("/proc/cpuinfo", "Hardware") or \
-        platform.processor() or platform.machine()
     board = None
     try:
         board = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or None
@@ -70,7 +69,8 @@ def describe() -> dict:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "hostname": platform.node(), "cpu_model": cpu, "board": board, "machine": platform.machine(),
+        "hostname": platform.node(), "cpu_model": cpu()["model"],
+        "cpu_vector_extensions": cpu()["vector_extensions"], "board": board, "machine": platform.machine(),
         "cores": os.cpu_count(), "cores_usable": affinity,
         "memory_gib": round(int(mem_kib.split()[0]) / 2**20, 1) if mem_kib else None,
         "os": _first_line("/etc/os-release", "PRETTY_NAME=") or platform.platform(),

@@ -90,6 +90,7 @@ def markdown(doc: dict) -> str:
         (f"- date: {doc['created']}; wall time {doc.get('wall_seconds', 0) / 60:.1f} min"
          + ("; **--quick smoke run**" if cfg.get("quick") else "")),
         (f"- device: {d.get('cpu_model')}" + (f" ({d['board']})" if d.get("board") else "")
+         + (f" [{' '.join(d['cpu_vector_extensions'])}]" if d.get("cpu_vector_extensions") else "")
          + f", {d.get('cores')} cores, {d.get('memory_gib')} GiB, {d.get('os')}, Python {d.get('python')}; {libs}"),
         (f"- threads: {doc['threads']}; load average (1/5/15 min) at the start {d.get('load_average')}, "
          f"at the end {doc.get('load_average_end')}"

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ToolkitError
+from ..images import image_size_hw, load_rgb
 from ..model.detector import Detector, detections
 from ..model.recording import Recorder, recording_output, stage_tensors
-from ..model.tracker import TrackerModules
+from ..model.tracker import TrackerModules, memory_mask_probability
 from ..model.vision import VisionBackbone
-from ..images import image_size_hw, load_rgb
 from ..preprocess import IMAGE_SIZE, preprocess_frame
 from ..tokenizer import Tokenizer
 from .memory_bank import MemoryBank, MemoryPlan, frame_quality, use_multimask
@@ -381,10 +381,16 @@ class VideoTracker:
 
     def encode_memory(self, feats: FrameFeatures, high_res: Tensor, object_score_logits: Tensor,
                       from_prompt: bool, stage: str, record: Recorder | None) -> tuple[Tensor, Tensor]:
-        names = lambda out: {"out.vision_features": out[0], "out.vision_pos_enc.0": out[1]}
+        probability = memory_mask_probability(high_res, from_prompt)
+
+        def names(out):
+            # A clicked frame's mask is binarised: the logits it was cut from let a comparison tell
+            # which memory values a pixel flipped by float rounding near 0 may have changed.
+            binarised = {"in.binarised_mask_logits": high_res} if from_prompt else {}
+            return {"out.vision_features": out[0], "out.vision_pos_enc.0": out[1], **binarised}
         with recording_output(self.tracker.maskmem_backbone, record, f"{stage}__06_memory_encoder", names):
-            return self.tracker.encode_memory(feats.batch(high_res.shape[0]).vision, high_res,
-                                              object_score_logits, from_prompt)
+            return self.tracker.encode_memory(feats.batch(high_res.shape[0]).vision, probability,
+                                              object_score_logits)
 
     @staticmethod
     def _track_step_record(heads: dict[str, Tensor], quality: float) -> dict:

@@ -1,7 +1,7 @@
 """Neural modules of the EfficientSAM3 video tracker (checkpoint prefix `tracker.`)."""
 from .mask_decoder import SamMaskDecoder
 from .memory_attention import MemoryAttention
-from .memory_encoder import MemoryEncoder, mask_logits_to_memory_input
+from .memory_encoder import MemoryEncoder, memory_input, memory_mask_probability
 from .prompt_encoder import SamPromptEncoder
 from .tracker import NO_OBJ_SCORE, TrackerModules, effective_iou_score, sine_encoding_1d
 
@@ -13,6 +13,7 @@ __all__ = [
     "SamPromptEncoder",
     "TrackerModules",
     "effective_iou_score",
-    "mask_logits_to_memory_input",
+    "memory_input",
+    "memory_mask_probability",
     "sine_encoding_1d",
 ]

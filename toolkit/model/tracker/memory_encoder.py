@@ -2,7 +2,7 @@
 
 It fuses the frame's 72x72 pixel features with its predicted mask into a 64-channel memory
 map that later frames attend to. The mask logits are first mapped to a fixed +-10 logit range
-(`mask_logits_to_memory_input`), then downsampled 16x by strided convs to the feature grid.
+(`memory_mask_probability`, `memory_input`), then downsampled 16x by strided convs to the feature grid.
 """
 from __future__ import annotations
 
@@ -22,17 +22,21 @@ MASK_SCALE = 20.0
 MASK_BIAS = -10.0
 
 
-def mask_logits_to_memory_input(mask_logits: Tensor, mask_from_points: bool | Tensor) -> Tensor:
-    """High-res mask logits (B,1,1008,1008) -> memory-encoder mask input, values in [-10, 10].
+def memory_mask_probability(mask_logits: Tensor, mask_from_points: bool) -> Tensor:
+    """High-res mask logits (B,1,1008,1008) -> the mask probability the memory is encoded from.
 
     On frames whose mask comes from user points (the prompted frames, encoded at the start of
-    propagation) the mask is binarised at logit 0; on tracked frames the sigmoid probability
-    is used. Either way the result is scaled by 20 and shifted by -10. The choice may be a bool
-    tensor (an exported graph takes it as an input): both are computed and it selects one.
+    propagation) the mask is binarised at logit 0; on tracked frames the sigmoid probability is
+    used. This is a pipeline step, not part of the memory_encoder graph: a threshold inside the
+    graph would turn float rounding near 0 (which differs between CPUs and runtimes) into flipped
+    pixels, so the graph and its reference are checked on the same, already binarised input.
     """
-    chosen = torch.as_tensor(mask_from_points, device=mask_logits.device)
-    probs = torch.where(chosen, (mask_logits > 0).float(), torch.sigmoid(mask_logits))
-    return probs * MASK_SCALE + MASK_BIAS
+    return (mask_logits > 0).float() if mask_from_points else torch.sigmoid(mask_logits)
+
+
+def memory_input(mask_probability: Tensor) -> Tensor:
+    """Mask probabilities p in [0, 1] -> the memory encoder's mask input 20 * p - 10, in [-10, 10]."""
+    return mask_probability * MASK_SCALE + MASK_BIAS
 
 
 class MaskDownSampler(nn.Module):
@@ -88,8 +92,8 @@ class Fuser(nn.Module):
 
 
 class MemoryEncoder(nn.Module):
-    """pixel features (B,256,72,72) + mask input (B,1,1008,1008) from
-    `mask_logits_to_memory_input` -> memory features (B,64,72,72), position encoding (B,64,72,72).
+    """pixel features (B,256,72,72) + mask input (B,1,1008,1008) from `memory_input`
+    -> memory features (B,64,72,72), position encoding (B,64,72,72).
     """
 
     def __init__(self):
@@ -104,3 +108,18 @@ class MemoryEncoder(nn.Module):
         x = self.pix_feat_proj(pix_feat) + self.mask_downsampler(mask)
         x = self.out_proj(self.fuser(x))
         return x, self.position_encoding(x)
+
+    def receptive_cells(self, mask_pixels: Tensor) -> Tensor:
+        """(B,1,1008,1008) bool -> (B,72,72) bool: the memory cells whose value depends on any of
+        these mask pixels, walked through the same layers as `forward` (the bilinear resize, then
+        each spatial convolution as a max-pool of its kernel, stride and padding; per-position
+        norms, activations and 1x1 convolutions spread nothing). Used to tell which memory values a
+        flipped mask pixel can have changed."""
+        x = F.interpolate(mask_pixels.float(), size=(MASK_RESIZE, MASK_RESIZE), mode="bilinear",
+                          align_corners=False)
+        x = (x > 0).float()
+        convs = [m for m in self.mask_downsampler.encoder if isinstance(m, nn.Conv2d)]
+        convs += [block.dwconv for block in self.fuser.layers]
+        for conv in convs:
+            x = F.max_pool2d(x, conv.kernel_size, conv.stride, conv.padding)
+        return x[:, 0] > 0

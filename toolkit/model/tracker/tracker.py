@@ -16,7 +16,7 @@ from toolkit.model.common import MLP
 
 from .mask_decoder import SamMaskDecoder
 from .memory_attention import MemoryAttention
-from .memory_encoder import MemoryEncoder, mask_logits_to_memory_input
+from .memory_encoder import MemoryEncoder, memory_input
 from .prompt_encoder import SamPromptEncoder
 
 IMAGE_SIZE = 1008
@@ -115,17 +115,15 @@ class TrackerModules(nn.Module):
         return present * self.obj_ptr_proj(sam_token) + (1 - present) * self.no_obj_ptr
 
     # --- memory encoder -------------------------------------------------------------------
-    def encode_memory(self, pix_feat: Tensor, high_res_mask_logits: Tensor, object_score_logits: Tensor,
-                      mask_from_points: bool) -> tuple[Tensor, Tensor]:
-        """Frame features (B,256,72,72) (the backbone's, not memory-conditioned) + high-res mask
-        logits (B,1,1008,1008) -> memory features (B,64,72,72), memory position encoding (B,64,72,72).
-
-        `mask_from_points`: the frame was prompted with clicks (binarised mask); tracked frames
-        use the sigmoid. Absent objects get `no_obj_embed_spatial` added to every position.
+    def encode_memory(self, pix_feat: Tensor, mask_probability: Tensor,
+                      object_score_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Frame features (B,256,72,72) (the backbone's, not memory-conditioned) + the mask
+        probability (B,1,1008,1008) from `memory_mask_probability` (binarised on a clicked frame,
+        sigmoid on a tracked one) -> memory features (B,64,72,72), memory position encoding
+        (B,64,72,72). Absent objects get `no_obj_embed_spatial` added to every position.
         Upstream stores the features in bfloat16 afterwards; that storage rounding is the caller's.
         """
-        mask = mask_logits_to_memory_input(high_res_mask_logits, mask_from_points)
-        features, pos = self.maskmem_backbone(pix_feat, mask)
+        features, pos = self.maskmem_backbone(pix_feat, memory_input(mask_probability))
         absent = (object_score_logits <= 0).float()[..., None, None]  # (B,1,1,1)
         features = features + absent * self.no_obj_embed_spatial[..., None, None]
         return features, pos
