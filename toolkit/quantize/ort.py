@@ -1,0 +1,279 @@
+"""ONNX quantization stages, with onnxruntime's own tools (onnxruntime.quantization, and its
+float16 converter in onnxruntime.transformers).
+
+`quantize_onnx(src, dst, precision, settings, feeds, flavour)`:
+
+- **int8**, flavour "ort" (cpu, android): `quant_pre_process` (symbolic shape inference +
+  optimisation; without the symbolic pass where it cannot take the graph), then `quantize_static`
+  in QDQ format: int8 weights (per-channel where settings say so), activations uint8 or int8 as
+  `activation_type` / `activation_symmetric` say, calibrated with MinMax, Entropy or Percentile over
+  the recorded feeds (streamed one sample at a time from a `FeedStore`). Operator types in
+  `keep_float` stay in float (their nodes are excluded).
+- **int8**, flavour "tensorrt" (jetson): explicit quantization as TensorRT takes it: symmetric
+  int8 activations (zero point 0), symmetric per-channel int8 weights, float biases, Q/DQ only on
+  the inputs of Conv / ConvTranspose / MatMul / Gemm (TensorRT fuses those; other layers run in the
+  engine's float precision; a tensor a weighted layer shares with, say, a residual Add reaches both
+  through the same DQ, as in TensorRT's own QAT graphs). The result is checked (`qdq_summary`): every QuantizeLinear /
+  DequantizeLinear is int8 with zero point 0. TensorRT builds the engine with --int8 --fp16 from it.
+- **int8-weights**: `quantize_dynamic`: int8 weights of MatMul / Gemm, activations quantized at run
+  time (what wins for the 63M-parameter text encoder). A graph without such weights is refused
+  (nothing would be quantized).
+- **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
+  constant 2-D weight becomes com.microsoft MatMulNBits.
+- **fp16**: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
+  outputs kept (for GPU / NPU runtimes; ONNX Runtime's CPU provider computes most ops in fp32 and
+  is slower on fp16 graphs: measured, see shared/docs/environment.md).
+
+The .ort conversion (`toolkit.convert.ort_mobile.convert_to_ort`) runs on the quantized .onnx as on
+any other. Its 'Fixed' optimisation fuses the Q/DQ patterns into ONNX Runtime's int8 kernels, so
+required_operators.config lists what the graph really runs: QuantizeLinear / DequantizeLinear and
+com.microsoft QLinearConv, QGemm, QLinearAdd, QLinearMul, QLinearSoftmax, DynamicQuantizeMatMul,
+MatMulNBits, as used (checked in tests/test_quantize.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .gate import QuantSettings
+from .stage import QuantizeError, StageResult, size_of
+
+FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
+TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+WEIGHT_OP_TYPES = ("MatMul", "Gemm")
+
+
+def op_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    counts = Counter(f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                     for n in model.graph.node)
+    return dict(sorted(counts.items()))
+
+
+def qdq_summary(model: onnx.ModelProto | str | Path) -> dict:
+    """Q/DQ nodes of a graph: counts, element types, zero points (all zero?), per-channel DQs."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    inits = {i.name: i for i in model.graph.initializer}
+    types, nonzero, per_channel = Counter(), 0, 0
+    q = dq = 0
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        q += node.op_type == "QuantizeLinear"
+        dq += node.op_type == "DequantizeLinear"
+        if len(node.input) > 2 and node.input[2] in inits:
+            zp = inits[node.input[2]]
+            types[onnx.TensorProto.DataType.Name(zp.data_type)] += 1
+            nonzero += int(np.any(onnx.numpy_helper.to_array(zp) != 0))
+        scale = inits.get(node.input[1])
+        if scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
+            per_channel += 1
+    return {"QuantizeLinear": q, "DequantizeLinear": dq, "zero_point_types": dict(types),
+            "nonzero_zero_points": nonzero, "per_channel": per_channel}
+
+
+class _StreamReader:
+    """onnxruntime CalibrationDataReader over a feed source: one sample in memory at a time."""
+
+    def __init__(self, source: FeedSource, input_names: list[str], dtypes: dict[str, np.dtype]):
+        self.source, self.input_names, self.dtypes = source, input_names, dtypes
+        self.iterator: Iterator | None = None
+        self.count = 0
+
+    def _fresh(self) -> Iterator:
+        return iter(self.source() if callable(self.source) else self.source)
+
+    def get_next(self) -> dict | None:
+        if self.iterator is None:
+            self.iterator = self._fresh()
+        feeds = next(self.iterator, None)
+        if feeds is None:
+            return None
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise QuantizeError(f"calibration feeds lack the graph inputs {missing}")
+        self.count += 1
+        return {n: np.asarray(feeds[n]).astype(self.dtypes.get(n, np.asarray(feeds[n]).dtype), copy=False)
+                for n in self.input_names}
+
+    def rewind(self) -> None:
+        self.iterator = None
+
+
+def _reader(source: FeedSource, model_path: Path) -> _StreamReader:
+    from onnxruntime.quantization import CalibrationDataReader
+    model = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in inits]
+    dtypes = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in inputs}
+
+    class Reader(_StreamReader, CalibrationDataReader):
+        pass
+    return Reader(source, [v.name for v in inputs], dtypes)
+
+
+def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    from onnxruntime.quantization import quant_pre_process
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            quant_pre_process(str(src), str(dst))
+        notes.append("quant_pre_process: symbolic shape inference + optimisation")
+    except Exception as first:  # noqa: BLE001 - the symbolic pass does not take every graph
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+            notes.append(f"quant_pre_process without symbolic shape inference ({type(first).__name__})")
+        except Exception as second:  # noqa: BLE001
+            notes.append(f"quant_pre_process failed ({type(second).__name__}); quantized the graph as exported")
+            return src
+    return dst
+
+
+def _excluded(model_path: Path, keep_float: Iterable[str]) -> list[str]:
+    keep = set(keep_float)
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in keep and n.name]
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, precision: str, settings: QuantSettings | None = None,
+                  feeds: FeedSource | None = None, flavour: str = "ort") -> StageResult:
+    """Quantize the ONNX file `src` to `dst` at `precision` (int8 | int8-weights | int4-weights | fp16 |
+    fp32); `feeds` (an iterable of feed dicts, or a callable returning a fresh iterator: a
+    `FeedStore.iter` bound to the component) is needed for int8. `flavour` "tensorrt" makes the
+    int8 graph TensorRT's explicit-quantization form."""
+    settings = settings or QuantSettings()
+    src, dst = Path(src), Path(dst)
+    if flavour not in ("ort", "tensorrt"):
+        raise ValueError(f"flavour {flavour!r}: expected 'ort' or 'tensorrt'")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    notes: list[str] = []
+    fmt = "tensorrt" if flavour == "tensorrt" else "onnx"
+    kept = list(settings.keep_float)
+    if precision == "fp32":
+        model = onnx.load(str(src))
+        onnx.save(model, str(dst))
+        method, used = "fp32: the exported graph unchanged", {}
+    elif precision == "int8":
+        if feeds is None:
+            raise QuantizeError("int8 needs calibration feeds")
+        method, used = _static(src, dst, settings, feeds, flavour, notes)
+    elif precision == "int8-weights":
+        if flavour == "tensorrt":
+            raise QuantizeError("TensorRT has no weight-only int8 path for these graphs; use fp16")
+        method, used = _dynamic(src, dst, settings, notes)
+    elif precision == "int4-weights":
+        if flavour == "tensorrt":
+            raise QuantizeError("4-bit weights are not a TensorRT path here; use fp16")
+        method, used = _nbits(src, dst, settings, notes)
+    elif precision == "fp16":
+        method, used = _fp16(src, dst, settings, notes)
+    else:
+        raise QuantizeError(f"precision {precision!r} is not an ONNX precision")
+    operators = op_counts(dst)
+    if flavour == "tensorrt" and precision == "int8":
+        summary = qdq_summary(dst)
+        bad = {t: c for t, c in summary["zero_point_types"].items() if t != "INT8"}
+        if summary["nonzero_zero_points"] or bad or not summary["QuantizeLinear"]:
+            raise QuantizeError(f"the QDQ graph is not TensorRT's explicit form: {summary}")
+        used["qdq"] = summary
+    return StageResult(dst, fmt, precision, method, used, kept, operators, time.perf_counter() - start,
+                       size_of(dst), size_of(src), notes)
+
+
+def _static(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSource, flavour: str,
+            notes: list[str]) -> tuple[str, dict]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    tensorrt = flavour == "tensorrt"
+    activation = QuantType.QInt8 if tensorrt or settings.activation_type == "int8" else QuantType.QUInt8
+    symmetric = True if tensorrt else settings.activation_symmetric
+    per_channel = True if tensorrt else settings.per_channel
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
+    if tensorrt:
+        extra["QuantizeBias"] = False  # TensorRT takes float biases; int32 bias Q/DQ is ONNX Runtime's form
+        # Q/DQ on the inputs of the weighted layers only (TensorRT's placement guidance): the layer's
+        # output stays float, so the next layer's input Q/DQ is the one TensorRT fuses.
+        extra["OpTypesToExcludeOutputQuantization"] = list(TENSORRT_OP_TYPES)
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    op_types = list(TENSORRT_OP_TYPES) if tensorrt else None
+    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
+        pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
+        reader = _reader(feeds, pre)
+        exclude = _excluded(pre, settings.keep_float)
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet):
+            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                            per_channel=per_channel, activation_type=activation, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude or None, calibrate_method=methods[settings.method],
+                            extra_options=extra)
+        if reader.count == 0:
+            raise QuantizeError("the calibration feeds were empty")
+    used = {"quant_format": "QDQ", "activation_type": "int8" if activation == QuantType.QInt8 else "uint8",
+            "activation_symmetric": symmetric, "weight_type": "int8", "weight_symmetric": True,
+            "per_channel": per_channel, "calibration": settings.method, "samples": reader.count,
+            "op_types_to_quantize": op_types or "all", "nodes_kept_float": len(exclude)}
+    if settings.method == "percentile":
+        used["percentile"] = settings.percentile
+    what = "TensorRT explicit quantization (symmetric int8 Q/DQ)" if tensorrt else "static QDQ int8"
+    return (f"{what}, {'per-channel' if per_channel else 'per-tensor'} weights, {settings.method} calibration "
+            f"on {reader.count} samples"), used
+
+
+def _weight_nodes(path: Path, op_types: Iterable[str]) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    return sum(1 for n in model.graph.node if n.op_type in set(op_types) and len(n.input) > 1 and n.input[1] in inits)
+
+
+def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    op_types = [t for t in WEIGHT_OP_TYPES if t not in settings.keep_float]
+    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
+        pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
+        if not _weight_nodes(pre, op_types):
+            raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: weight-only int8 would change "
+                                "nothing")
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings.per_channel,
+                         op_types_to_quantize=op_types, nodes_to_exclude=_excluded(pre, settings.keep_float) or None)
+    return (f"dynamic int8 (weights int8 {'per channel' if settings.per_channel else 'per tensor'}, activations "
+            "quantized at run time) on " + "/".join(op_types),
+            {"weight_type": "int8", "per_channel": settings.per_channel, "op_types_to_quantize": op_types})
+
+
+def _nbits(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    if not _weight_nodes(src, ("MatMul",)):
+        raise QuantizeError("no MatMul with a constant weight: 4-bit weights would change nothing")
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=settings.block_size, is_symmetric=True,
+                                     nodes_to_exclude=_excluded(src, settings.keep_float),
+                                     op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    if "com.microsoft.MatMulNBits" not in op_counts(dst):
+        raise QuantizeError("MatMulNBitsQuantizer left every MatMul in float (weights not 2-D constants?)")
+    return (f"4-bit weights (MatMulNBits, symmetric blocks of {settings.block_size})",
+            {"bits": 4, "block_size": settings.block_size, "symmetric": True})
+
+
+def _fp16(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(settings.keep_float))
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
+    onnx.save(model, str(dst))
+    notes.append("float32 inputs and outputs kept (Cast at the boundary)")
+    return "fp16 weights and compute (onnxruntime float16 converter)", {"keep_io_types": True,
+                                                                          "op_block_list": block}
