@@ -14,6 +14,12 @@ from toolkit import layout
 BANK_EXACT_RTOL = 4e-5
 
 
+def with_make(backend, make):
+    """`backend` with its exporter's `make` replaced (to corrupt, fail or slow an export in a test)."""
+    from dataclasses import replace
+    return replace(backend, exporter=replace(backend.exporter, make=make))
+
+
 def layout_state_dict() -> dict[str, torch.Tensor]:
     """Every live key with the right shape and dtype, backed by one element (tiny on disk)."""
     dtypes = {"float32": torch.float32, "int64": torch.int64}

@@ -19,7 +19,6 @@ import stat
 import struct
 import sys
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from toolkit.pipeline.video import open_frames
 from toolkit.tokenizer import MAX_PROMPT_TOKENS, check_prompt_text
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import layout_state_dict  # noqa: E402
+from conftest import layout_state_dict, with_make  # noqa: E402
 
 LONG_PROMPT = " ".join(["person"] * 80)  # 80 tokens
 
@@ -405,7 +404,7 @@ def test_export_reuses_its_own_folder_and_leaves_other_files(ws, capsys, light_e
         info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS, path,
                            "legacy", 17)
         return {"exporter": info.exporter, "opset": info.opset, "nodes": info.nodes, "export_seconds": info.seconds}
-    monkeypatch.setitem(light_export, "onnx", replace(light_export["onnx"], make=legacy))
+    monkeypatch.setitem(light_export, "onnx", with_make(light_export["onnx"], legacy))
     (ws / "exp").mkdir()
     (ws / "exp" / "notes.txt").write_text("precious")
     assert main(export_argv("exp")) == 0
@@ -419,7 +418,7 @@ def test_export_failure_is_one_line_with_details_in_the_report(ws, capsys, light
     def failing(comp, graph, args, path):
         path.write_bytes(b"half")
         raise RuntimeError("Failed to export. \x1b[96mThis is step 1/3\x1b[0m of exporting.\n- line two\n## Exception")
-    monkeypatch.setitem(light_export, "onnx", replace(light_export["onnx"], make=failing))
+    monkeypatch.setitem(light_export, "onnx", with_make(light_export["onnx"], failing))
     line = run(export_argv("exp"), capsys, fragment="object_pointer [onnx]: export failed: RuntimeError: Failed to "
                "export. This is step 1/3 of exporting.", progress_allowed=True)
     assert "line two" not in line and "details in exp/export_report.json" in line
@@ -432,7 +431,7 @@ def test_disk_full_during_export(ws, capsys, light_export, monkeypatch):
     def full(comp, graph, args, path):
         path.write_bytes(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setitem(light_export, "onnx", replace(light_export["onnx"], make=full))
+    monkeypatch.setitem(light_export, "onnx", with_make(light_export["onnx"], full))
     before = snapshot(ws)
     run(export_argv("exp"), capsys, fragment="cannot write exp: No space left on device", progress_allowed=True)
     assert snapshot(ws) == before  # the folder it had made is gone too
@@ -467,7 +466,7 @@ def test_ctrl_c_during_export_is_not_swallowed(ws, capsys, light_export, monkeyp
         except KeyboardInterrupt as err:
             raise RuntimeError("Failed to export the model with torch.export") from err
         return {"exporter": "swallowing", "opset": 20, "nodes": 0, "export_seconds": 0.0}
-    monkeypatch.setitem(light_export, "onnx", replace(light_export["onnx"], make=swallowing))
+    monkeypatch.setitem(light_export, "onnx", with_make(light_export["onnx"], swallowing))
     before = snapshot(ws)
     run(export_argv("exp"), capsys, code=130, fragment="error: interrupted", progress_allowed=True)
     assert snapshot(ws) == before

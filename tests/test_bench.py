@@ -64,7 +64,7 @@ def test_timed_runs_warm_up_untimed_and_own_timings():
 def test_quick_config_and_json_round_trip():
     quick = BenchConfig([TINY], ["torch"], [], quick=True)
     assert all(getattr(quick, k) == v for k, v in QUICK.items())
-    full = BenchConfig([TINY], ["torch", "ort"], ["tracking"], threads=1, repeats=7)
+    full = BenchConfig([TINY], ["torch", "onnx"], ["tracking"], threads=1, repeats=7)
     for config in (quick, full):
         assert BenchConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
 
@@ -130,21 +130,21 @@ def test_skip_reasons_name_what_is_missing(tmp_path):
     (tmp_path / f"{TINY}.ptl").write_bytes(b"")
     none = Sources(None, None, 1)
     here = Sources(None, str(tmp_path), 1)
-    assert "--artifacts" in RUNNER_KINDS["ort"].unavailable(comp, none)
-    assert "failed verification" in RUNNER_KINDS["ort"].unavailable(comp, here)
-    assert RUNNER_KINDS["ort-mobile"].unavailable(comp, here) == f"no {TINY}.ort in {tmp_path}"
+    assert "--artifacts" in RUNNER_KINDS["onnx"].unavailable(comp, none)
+    assert "failed verification" in RUNNER_KINDS["onnx"].unavailable(comp, here)
+    assert RUNNER_KINDS["ort"].unavailable(comp, here) == f"no {TINY}.ort in {tmp_path}"
     assert RUNNER_KINDS["ptl"].unavailable(comp, here) is None
     assert RUNNER_KINDS["torch"].unavailable(comp, none) is None
     import onnxruntime
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        assert "CUDAExecutionProvider not available" in RUNNER_KINDS["ort-cuda"].unavailable(comp, here)
+        assert "CUDAExecutionProvider not available" in RUNNER_KINDS["onnx-cuda"].unavailable(comp, here)
 
 
 def test_scenarios_on_runners_without_artifacts_are_skipped_with_reasons(tmp_path):
     (tmp_path / "image.png").write_bytes(b"")
     (tmp_path / "vision_encoder.onnx").write_bytes(b"")
-    config = BenchConfig([], ["ort"], ["image_text", "tracking"], inputs=str(tmp_path))
-    cases, skipped = _pipelines("ort", config, Sources(None, str(tmp_path), 1))
+    config = BenchConfig([], ["onnx"], ["image_text", "tracking"], inputs=str(tmp_path))
+    cases, skipped = _pipelines("onnx", config, Sources(None, str(tmp_path), 1))
     assert cases == {}
     assert skipped["image_text"].startswith("no text_encoder.onnx in ") and "(+3 more)" in skipped["image_text"]
     assert "no tracker_neck.onnx" in skipped["tracking"] and "vision_encoder" not in skipped["tracking"]
@@ -180,7 +180,7 @@ def artifacts(tmp_path_factory, models):
     graph = build_graph(models, comp)
     args = tuple(torch.from_numpy(x) for x in comp.example().values())
     for fmt in ("onnx", "ort", "ptl"):  # the export job's own stages, without its verification run
-        FORMATS[fmt].make(comp, graph, args, out / f"{TINY}{FORMATS[fmt].suffix}")
+        FORMATS[fmt].exporter.make(comp, graph, args, out / f"{TINY}{FORMATS[fmt].suffix}")
     return out
 
 
@@ -192,15 +192,15 @@ def test_tiny_bench_local_report_and_schema(artifacts, tmp_path):
     config = BenchConfig([TINY], list(RUNNER_KINDS), [], threads=1, repeats=3, warmup=1, artifacts=str(artifacts))
     messages = []
     doc = run_bench(config, "local", messages.append)
-    assert _statuses(doc) == {"torch": "ok", "ort": "ok", "ort-mobile": "ok", "ptl": "ok",
-                              "ort-cuda": _statuses(doc)["ort-cuda"]}
-    if _statuses(doc)["ort-cuda"] == "skipped":
-        assert any("ort-cuda: skipped" in m for m in messages)  # progress says it too
+    assert _statuses(doc) == {"torch": "ok", "onnx": "ok", "ort": "ok", "ptl": "ok",
+                              "onnx-cuda": _statuses(doc)["onnx-cuda"]}
+    if _statuses(doc)["onnx-cuda"] == "skipped":
+        assert any("onnx-cuda: skipped" in m for m in messages)  # progress says it too
     rows = {r["runner"]: r for r in doc["components"]}
-    assert rows["torch"]["ratio_to_eager"] == 1.0 and rows["ort"]["latency_ms"]["n"] == 3
+    assert rows["torch"]["ratio_to_eager"] == 1.0 and rows["onnx"]["latency_ms"]["n"] == 3
     assert doc["flops"][TINY]["source"] == "onnx-graph" and doc["flops"][TINY]["gflop"] > 0
     assert doc["memory"]["baseline_mib"] > 50
-    for runner in ("torch", "ort", "ort-mobile", "ptl"):  # the component's own memory: far below the whole model's
+    for runner in ("torch", "onnx", "ort", "ptl"):  # the component's own memory: far below the whole model's
         assert 0 < rows[runner]["memory"]["peak_rss_mib"] - doc["memory"]["baseline_mib"] < 300
     assert doc["threads"] == 1 and doc["peak"]["threads"] == 1 and doc["peak"]["peak_gflops"] > 0
     assert doc["device"]["url"] == "local" and doc["device"]["cores"] >= 1
@@ -209,7 +209,7 @@ def test_tiny_bench_local_report_and_schema(artifacts, tmp_path):
     assert {f.name for f in files} == {"results.json", "results.md", "latency.png", "memory.png"}
     assert report.load(tmp_path / "results.json") == json.loads(json.dumps(doc))
     md = (tmp_path / "results.md").read_text()
-    assert f"| {TINY} | ort |" in md and f"| {TINY} | ort-mobile |" in md
+    assert f"| {TINY} | onnx |" in md and f"| {TINY} | ort |" in md
 
     for broken, match in ((dict(doc, schema="toolkit.bench/0"), "schema"),
                           (dict(doc, components=[dict(rows["ort"], status="skipped", reason=None)]),
@@ -269,11 +269,11 @@ def sshd(tmp_path):
 
 
 def test_ssh_device_on_loopback(sshd, artifacts):
-    config = BenchConfig([TINY], ["ort", "ort-mobile", "ptl"], [], threads=1, repeats=2, warmup=1,
+    config = BenchConfig([TINY], ["onnx", "ort", "ptl"], [], threads=1, repeats=2, warmup=1,
                          memory=False, artifacts=str(artifacts))
     messages = []
     doc = run_bench(config, sshd, messages.append)
-    assert _statuses(doc) == {"ort": "ok", "ort-mobile": "ok", "ptl": "ok"}
+    assert _statuses(doc) == {"onnx": "ok", "ort": "ok", "ptl": "ok"}
     assert doc["device"]["url"] == sshd
     # The device ran the copied toolkit from its scratch directory, which is gone afterwards.
     remote_pkg = Path(doc["device"]["toolkit"]["path"])

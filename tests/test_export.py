@@ -10,15 +10,16 @@ image and tracking pipelines run over the exported artifacts against the golden 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import with_make
 
 from toolkit import cli
-from toolkit.components import COMPONENTS, UNUSED, Models, build_graph, load_models
+from toolkit.components import COMPONENTS, UNUSED, build_graph, load_models
 from toolkit.convert import cache
 from toolkit.convert.onnx_export import export_onnx
 from toolkit.export import FORMATS, REPORT_NAME, run_export
@@ -210,7 +211,7 @@ def test_a_failing_artifact_fails_the_command(tmp_path, monkeypatch, capsys):
     onnx_format = FORMATS["onnx"]
 
     def corrupting(comp, graph, args, path):
-        info = onnx_format.make(comp, graph, args, path)
+        info = onnx_format.exporter.make(comp, graph, args, path)
         model = onnx.load(str(path))
         weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
         values = onnx.numpy_helper.to_array(weight) + 0.5
@@ -218,7 +219,7 @@ def test_a_failing_artifact_fails_the_command(tmp_path, monkeypatch, capsys):
         onnx.save(model, str(path))
         return info
 
-    monkeypatch.setitem(FORMATS, "onnx", replace(onnx_format, make=corrupting))
+    monkeypatch.setitem(FORMATS, "onnx", with_make(onnx_format, corrupting))
     code = cli.main(["export", "--out", str(tmp_path), "--components", "object_pointer", "--format", "onnx"])
     err = capsys.readouterr().err
     assert code == 2
@@ -294,7 +295,7 @@ def test_export_without_the_golden_fixture_checks_generated_cases(tmp_path, monk
 def test_both_onnx_exporters_keep_the_dynamic_axes(light_models, tmp_path, exporter):
     """Either exporter can be declared; a small graph checks both end to end (objects 1 and 8)."""
     comp = COMPONENTS["object_pointer"]
-    graph = build_graph(Models(light_models.detector, TrackerModules().eval()), comp)  # random weights
+    graph = build_graph(SimpleNamespace(tracker=TrackerModules().eval()), comp)  # random weights
     args = tuple(torch.from_numpy(x) for x in comp.example().values())
     info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS,
                        tmp_path / "p.onnx", exporter, 18)

@@ -289,14 +289,19 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
     scenarios, on `device`; writes results.json, results.md and PNG plots under `out`."""
     from .bench import BenchConfig, run_bench
     from .bench import report as bench_report
-    from .bench.backends import RUNNER_KINDS
+    from .bench.backends import RUNNER_ALIASES, RUNNER_KINDS
     from .bench.scenarios import SCENARIOS
     from .components import COMPONENTS
     from .outputs import fresh_output_dir, guard_outputs
 
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--artifacts": artifacts})
     components = list(COMPONENTS) if components is None else list(components)
-    runners = list(RUNNER_KINDS) if runners is None else list(runners)
+    if runners is not None:
+        for name in runners:
+            if name in RUNNER_ALIASES:
+                progress(f"runner {name!r} is now called {RUNNER_ALIASES[name]!r} (one name per format everywhere)")
+        runners = [RUNNER_ALIASES.get(name, name) for name in runners]
+    runners = list(RUNNER_KINDS) if runners is None else runners
     scenarios = list(SCENARIOS) if scenarios is None else list(scenarios)
     for what, names, known in (("components", components, COMPONENTS), ("runners", runners, RUNNER_KINDS),
                                ("scenarios", scenarios, SCENARIOS)):

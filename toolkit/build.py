@@ -5,14 +5,15 @@ The job, reported step by step through `progress`:
 1. the target file says what each component becomes (format, precision, fallback, settings);
 2. `toolkit export`'s job makes the ONNX / .ptl the formats start from, verified against PyTorch,
    in a content-hash cache shared by all builds (default ~/.cache/esam3-toolkit/export/<weights>);
-3. one stage per component and format: copy (onnx, ptl), ONNX Runtime Mobile conversion (ort),
-   TensorRT-ready ONNX with the operator check (tensorrt), Core ML conversion with the spec check
-   (coreml). A stage that fails, or an export that fails verification, moves the component to the
-   target's fallback format with the reason in the manifest; without a fallback the build fails;
-4. every artifact that is not a verified export's exact copy is checked against the PyTorch model
-   where its runtime exists here (`verify_bundle.verify_artifact`); Core ML parity (macOS) and the
-   TensorRT engines (built on the device) are recorded as pending, with the command that does them;
-5. tokenizer files, the prompt-embedding cache (`concepts`), pre/post-processing constants and the
+3. each format's backend runs its stages in order (toolkit/backends: export -> convert -> verify):
+   copy (onnx, ptl), ONNX Runtime Mobile conversion (ort), TensorRT-ready ONNX with the operator
+   check (tensorrt), Core ML conversion with the spec check (coreml); every artifact that is not a
+   verified export's exact copy is checked against the PyTorch model where its runtime exists here
+   (`verify_bundle.verify_artifact`); Core ML parity (macOS) and the TensorRT engines (built on the
+   device) are recorded as pending, with the command that does them. A stage that fails moves the
+   component to the target's fallback format with the reason in the manifest; without a fallback
+   the build fails;
+4. tokenizer files, the prompt-embedding cache (`concepts`), pre/post-processing constants and the
    manifest, written last. Everything is written to a temporary sibling directory renamed at the
    end (`outputs.fresh_output_dir`): an interrupted build leaves no directory that verifies, and an
    existing bundle is replaced only with `force`.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,8 +35,9 @@ import torch
 from torch import Tensor
 
 from . import __version__, layout
-from .bundle import ARTIFACT_SUFFIX, SCHEMA_ID, create_archive, file_entries, write_manifest
-from .components import COMPONENTS, Component
+from .backends import BACKENDS
+from .bundle import SCHEMA_ID, create_archive, file_entries, write_manifest
+from .components import COMPONENTS
 from .errors import ToolkitError
 from .machine import cpu
 from .outputs import fresh_output_dir
@@ -48,7 +49,6 @@ from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
 from .verify import Reference
 from .verify_bundle import verify_artifact, weights_digest
 
-EXPORT_OF = {"onnx": "onnx", "ort": "onnx", "tensorrt": "onnx", "ptl": "ptl"}  # coreml starts from the torch graph
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "coremltools", "numpy")
 
 PREPROCESS = {
@@ -132,26 +132,6 @@ def read_concepts(path: str | Path) -> list[str]:
     return concepts
 
 
-def io_entries(comp: Component, changed: Mapping | None = None) -> tuple[list[dict], list[dict]]:
-    """The manifest's I/O entries: declared name, dtype, shape, doc, range, and how the artifact
-    takes each tensor (`changed`: {"inputs"|"outputs": {name: {dtype?, shape?}}})."""
-    changed = changed or {}
-    def entries(specs, kind):
-        out = []
-        for s in specs:
-            diff = changed.get(kind, {}).get(s.name, {})
-            out.append({"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "doc": s.doc,
-                        "range": list(s.range) if s.range else None,
-                        "artifact_dtype": diff.get("dtype", s.dtype),
-                        "artifact_shape": diff.get("shape", list(s.shape))})
-        return out
-    return entries(comp.inputs, "inputs"), entries(comp.outputs, "outputs")
-
-
-def declared_dims(comp: Component) -> dict[str, list[int]]:
-    return {d.name: [d.min, d.typical, d.max] for d in comp.dims()}
-
-
 class _Job:
     """One build: the target, the weights, the export cache, the bundle being written."""
 
@@ -184,115 +164,6 @@ class _Job:
         row = self.export_rows[name, fmt]
         return (self.cache_dir / row["file"] if row["ok"] else None), row
 
-    # --- stages (each returns the artifact's manifest entry fields, or raises _StageFailed) ----------
-    def stage_copy(self, plan: ComponentPlan) -> dict:
-        comp = COMPONENTS[plan.component]
-        source, row = self.exported(comp.name, plan.format)
-        if source is None:
-            raise _StageFailed("; ".join(row["failures"]) or f"the {plan.format} export failed")
-        rel = f"models/{comp.name}{ARTIFACT_SUFFIX[plan.format]}"
-        shutil.copyfile(source, self.root / rel)
-        inputs, outputs = io_entries(comp)
-        verification = {"status": "passed", "runtime": _export_runtime(plan.format),
-                        "verified_by": f"toolkit export (this exact file, {row['file']} in the export cache)",
-                        **{k: row[k] for k in ("cases", "max_abs_error", "max_rel_error", "min_mask_iou",
-                                               "max_outlier_fraction")}}
-        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
-                "verification": verification,
-                "provenance": {"stages": [f"torch -> {plan.format} ({row['exporter']})", "copy"],
-                               "opset": row["opset"], "export_seconds": row["export_seconds"]}}
-
-    def stage_ort(self, plans: list[ComponentPlan]) -> dict[str, dict]:
-        """All .ort files in one conversion (one required_operators.config for the whole bundle)."""
-        from .convert.ort_mobile import convert_to_ort
-        sources, failed = {}, {}
-        for plan in plans:
-            source, row = self.exported(plan.component, "onnx")
-            if source is None:
-                failed[plan.component] = "; ".join(row["failures"]) or "the ONNX export failed"
-            else:
-                sources[plan.component] = source
-        results: dict[str, dict] = {name: {"failed": reason} for name, reason in failed.items()}
-        if not sources:
-            return results
-        settings = self.target.settings["ort"]
-        self.progress(f"ort: converting {len(sources)} models to the ONNX Runtime Mobile format "
-                      f"(target_platform={settings['target_platform']}, {settings['optimization_style']})")
-        try:
-            conversion = convert_to_ort(sources, self.root / "models", settings["target_platform"],
-                                        settings["optimization_style"])
-        except Exception as e:  # noqa: BLE001 - the converter failing moves these components to the fallback
-            reason = f"ONNX Runtime Mobile conversion failed: {type(e).__name__}: {str(e).strip()[:300]}"
-            return {**results, **{name: {"failed": reason} for name in sources}}
-        os.replace(conversion.config, self.root / "required_operators.config")
-        for name, path in conversion.files.items():
-            comp = COMPONENTS[name]
-            inputs, outputs = io_entries(comp)
-            results[name] = {"file": f"models/{path.name}", "inputs": inputs, "outputs": outputs,
-                             "dims": declared_dims(comp),
-                             "provenance": {"stages": ["torch -> onnx", "onnx -> ort ({optimization_style}, "
-                                                       "{target_platform})".format(**settings)],
-                                            "convert_seconds": round(conversion.seconds, 2)}}
-        return results
-
-    def stage_tensorrt(self, plan: ComponentPlan) -> dict:
-        import onnx
-
-        from .convert.tensorrt import check_operators, make_trt_ready, operator_list
-        comp = COMPONENTS[plan.component]
-        source, row = self.exported(comp.name, "onnx")
-        if source is None:
-            raise _StageFailed("; ".join(row["failures"]) or "the ONNX export failed")
-        rel = f"models/{comp.name}.onnx"
-        changed = make_trt_ready(source, self.root / rel)
-        ops = operator_list(self.target.settings["tensorrt"]["version"])
-        if ops.newer and not self.warned_newer_list:  # never let a check of another version pass for this one
-            self.warned_newer_list = True
-            self.progress(f"tensorrt: operators are checked against the {ops.label}")
-        problems = check_operators(onnx.load(str(self.root / rel)), ops)
-        if problems:
-            (self.root / rel).unlink()
-            raise _StageFailed(f"not accepted by TensorRT {ops.requested} ({ops.label}): " + "; ".join(problems))
-        inputs, outputs = io_entries(comp, changed)
-        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
-                "checks": {"tensorrt_operators": {"passed": True, "list": ops.label, "list_source": ops.source,
-                                                  "parser_opsets": list(ops.opsets),
-                                                  "of_target_version": not ops.newer}},
-                "provenance": {"stages": ["torch -> onnx", "onnx -> TensorRT-ready onnx (int32 I/O)"],
-                               "opset": row["opset"]}}
-
-    def stage_coreml(self, plan: ComponentPlan) -> dict:
-        from .convert.coreml import check_package, convert_coreml, inspect_package
-        comp = COMPONENTS[plan.component]
-        settings = self.target.settings["coreml"]
-        rel = f"models/{comp.name}.mlpackage"
-        self.progress(f"{comp.name}: Core ML conversion ({plan.precision}, {settings['minimum_deployment_target']}"
-                      + (f", {plan.compression}" if plan.compression != "none" else "") + ")")
-        try:
-            info = convert_coreml(self.reference.exported_graph(comp), comp.inputs, comp.outputs, comp.example(),
-                                  self.root / rel, plan.precision, settings["minimum_deployment_target"],
-                                  settings["compute_units"], plan.compression)
-        except Exception as e:
-            shutil.rmtree(self.root / rel, ignore_errors=True)
-            raise _StageFailed(f"Core ML conversion failed: {type(e).__name__}: {str(e).strip()[:300]}") from e
-        inputs, outputs = io_entries(comp, info.io)
-        package = inspect_package(self.root / rel)
-        problems = check_package(package, inputs, outputs, info.io["dims"])
-        if problems:
-            shutil.rmtree(self.root / rel, ignore_errors=True)
-            raise _StageFailed("the Core ML package does not match the declaration: " + "; ".join(problems))
-        narrowed = [f"{d} {declared_dims(comp)[d][0]} -> {v[0]}" for d, v in info.io["dims"].items()
-                    if v[0] != declared_dims(comp)[d][0]]
-        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": info.io["dims"],
-                "checks": {"coreml_spec": {"passed": True, "specification_version": package["specification_version"],
-                                           "opset": package["opset"], "op_count": package["op_count"],
-                                           "ops": package["ops"], "size_bytes": package["size_bytes"],
-                                           "io_names_types_ranges": "match the declaration",
-                                           "narrowed_dims": narrowed}},
-                "provenance": {"stages": ["torch -> jit.trace -> coremltools mlprogram"] +
-                               ([f"weight compression {plan.compression}"] if plan.compression != "none" else []),
-                               "seconds": round(info.seconds, 2)}}
-
     # --- verification --------------------------------------------------------------------------
     def verify(self, name: str, entry: dict) -> dict:
         self.progress(f"{name} [{entry['format']}]: verifying against PyTorch")
@@ -302,15 +173,6 @@ class _Job:
                                 ".github/workflows/macos-parity.yml); the package spec was checked here")
         self.reference.forget(COMPONENTS[name])
         return result
-
-
-class _StageFailed(Exception):
-    pass
-
-
-def _export_runtime(fmt: str) -> str:
-    from .bundle_runtime import runtime_label
-    return runtime_label("onnx" if fmt == "onnx" else "ptl")
 
 
 def _prompt_cache(job: _Job, concepts: list[str]) -> dict:
@@ -429,36 +291,17 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
 
 
 def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, dict]:
-    """Run every component's stage (with fallbacks) and verification; returns manifest entries."""
+    """Every component through its backend's stages (export -> convert -> verify; see toolkit/backends),
+    components that fail going once to the target's fallback; returns the manifest entries."""
     job.final_plans = dict(plans)
     todo = dict(plans)
     for attempt in range(2):  # first the planned formats, then the fallbacks of those that failed
-        for fmt in sorted({EXPORT_OF[p.format] for p in todo.values() if p.format in EXPORT_OF}):
-            job.export([n for n, p in todo.items() if EXPORT_OF.get(p.format) == fmt], fmt)
         failed: dict[str, str] = {}
-        ort_plans = [p for p in todo.values() if p.format == "ort"]
-        if ort_plans:
-            for name, result in job.stage_ort(ort_plans).items():
-                if "failed" in result:
-                    failed[name] = result["failed"]
-                else:
-                    job.entries[name] = result
-        for name, plan in todo.items():
-            if plan.format == "ort":
-                continue
-            stage = {"onnx": job.stage_copy, "ptl": job.stage_copy, "tensorrt": job.stage_tensorrt,
-                     "coreml": job.stage_coreml}[plan.format]
-            try:
-                job.entries[name] = stage(plan)
-            except _StageFailed as e:
-                failed[name] = str(e)
-        for name in todo:
-            if name in job.entries and "verification" not in job.entries[name]:
-                entry = {**job.entries[name], "format": todo[name].format, "precision": todo[name].precision}
-                job.entries[name]["verification"] = job.verify(name, entry)
-                if job.entries[name]["verification"]["status"] == "failed":
-                    failed[name] = "; ".join(job.entries[name]["verification"]["failures"][:3])
-                    _remove(job.root / job.entries.pop(name)["file"])
+        for fmt in dict.fromkeys(p.format for p in todo.values()):
+            backend = BACKENDS[fmt]
+            group = [p for p in todo.values() if p.format == fmt]
+            for stage in backend.stages:
+                failed.update(stage(job, backend, [p for p in group if p.component not in failed]))
         retry = {}
         for name, reason in failed.items():
             plan = todo[name]
@@ -481,8 +324,6 @@ def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, d
     return entries
 
 
-def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _notes(manifest: dict, embedded_default: bool) -> list[str]:

@@ -36,6 +36,7 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 
+from .backends import BACKENDS
 from .convert.cache import file_sha256
 from .errors import ToolkitError
 
@@ -149,9 +150,6 @@ def _listed_file(manifest: dict, rel: str, field: str, errors: list[str]) -> Non
         errors.append(f"{field} {rel!r} is not among the listed files")
 
 
-ARTIFACT_SUFFIX = {"onnx": ".onnx", "ort": ".ort", "coreml": ".mlpackage", "tensorrt": ".onnx", "ptl": ".ptl"}
-
-
 def check_manifest(manifest: dict, where: str) -> None:
     """Schema version, then the schema, then the cross-references; raises BundleError."""
     if not isinstance(manifest, dict):
@@ -167,9 +165,9 @@ def check_manifest(manifest: dict, where: str) -> None:
         errors += [f"manifest.files lists {p!r} twice" for p in sorted({p for p in paths if paths.count(p) > 1})]
         for name, comp in manifest["components"].items():
             artifact, fmt, field = comp["file"], comp["format"], f"manifest.components.{name}.file"
-            if not artifact.endswith(ARTIFACT_SUFFIX[fmt]):
-                errors.append(f"{field} {artifact!r} is not an artifact of format {fmt} "
-                              f"(expected a {ARTIFACT_SUFFIX[fmt]} path)")
+            suffix = BACKENDS[fmt].suffix
+            if not artifact.endswith(suffix):
+                errors.append(f"{field} {artifact!r} is not an artifact of format {fmt} (expected a {suffix} path)")
             elif fmt == "coreml":  # a package is a directory: its files are listed
                 if artifact in paths or not any(p.startswith(artifact + "/") for p in paths):
                     errors.append(f"{field} {artifact!r} is not a listed .mlpackage directory")

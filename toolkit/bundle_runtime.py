@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import tokenizer as clip_bpe
+from .backends import BACKENDS
 from .bundle import Bundle, BundleError
 from .components import ground
 from .errors import ToolkitError
@@ -82,27 +83,6 @@ class ArtifactRunner(Runner):
         return out
 
 
-def runtime_unavailable(fmt: str) -> str | None:
-    """Why artifacts of `fmt` cannot run on this machine, or None."""
-    import importlib.util
-    import platform
-    if fmt in ("onnx", "ort", "tensorrt") and importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed"
-    if fmt == "coreml" and platform.system() != "Darwin":
-        return "Core ML prediction needs macOS"
-    return None
-
-
-def runtime_label(fmt: str) -> str:
-    from importlib import metadata
-    if fmt in ("onnx", "ort", "tensorrt"):
-        what = {"onnx": "", "ort": " (.ort)", "tensorrt": " (the TensorRT-ready ONNX)"}[fmt]
-        return f"onnxruntime {metadata.version('onnxruntime')} CPU{what}"
-    if fmt == "ptl":
-        return f"torch {torch.__version__} lite interpreter"
-    return f"coremltools {metadata.version('coremltools')} (Core ML)"
-
-
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
@@ -112,19 +92,12 @@ def artifact_runner(fmt: str, path: Path, inputs: list[dict], outputs: list[dict
                     threads: int | None = None) -> Runner:
     """A runner over one artifact; BundleError (one line) when the file does not load as `fmt` or
     its tensor names differ from the manifest entry's."""
-    reason = runtime_unavailable(fmt)
+    backend = BACKENDS[fmt]
+    reason = backend.unavailable()
     if reason:
         raise ToolkitError(f"cannot run {path.name} here: {reason}")
     try:
-        if fmt in ("onnx", "ort", "tensorrt"):
-            from .runners.ort_runner import OrtRunner
-            inner = OrtRunner(path, threads=threads)
-        elif fmt == "ptl":
-            from .runners.ptl_runner import PtlRunner
-            inner = PtlRunner(path)
-        else:
-            from .convert.coreml import CoreMLRunner
-            inner = CoreMLRunner(path)
+        inner = backend.runner(path, threads=threads)
     except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a file it cannot load
         raise BundleError(f"{path.name} does not load as an artifact of format {fmt}: {type(e).__name__}: "
                           f"{_one_line(e)}") from e

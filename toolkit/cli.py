@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
                    help="components to measure (default: all 13; 'none' for scenarios only)")
     s.add_argument("--runners", action="append", type=_names, default=[], metavar="KIND[,KIND...]",
-                   help="torch, ort, ort-mobile, ptl, ort-cuda (default: all)")
+                   help="torch, onnx (.onnx on ONNX Runtime), ort (.ort), ptl, onnx-cuda (default: all; "
+                        "ort-mobile and ort-cuda are the old names of ort and onnx-cuda)")
     s.add_argument("--scenarios", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
                    help="image_text, image_text_boxes, tracking (default: all; 'none' for no scenario)")
     s.add_argument("--threads", type=int, help="intra-op threads (default: every core of the device)")

@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
@@ -26,18 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .backends import Backend, exporters
 from .components import COMPONENTS, Component, parameter_count, weights
 from .convert import cache
-from .convert.onnx_export import export_onnx
-from .convert.ort_mobile import convert_to_ort
-from .convert.ptl_export import export_ptl
 from .errors import ToolkitError, keep_interrupts
 from .machine import cpu
 from .outputs import error_text, is_write_error, make_dirs, remove_empty, writing_to
-from .runners import Runner
-from .runners.ort_runner import OrtRunner
-from .runners.ptl_runner import PtlRunner
-from .spec import DIMS
 from .verify import Reference, compare, run_cases
 
 REPORT_NAME = "export_report.json"
@@ -48,57 +41,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in exporter mes
 _ROOT = Path(__file__).resolve().parent
 _SOURCES = ("model", "components.py", "spec.py", "verify.py", "preprocess.py", "golden.py",
             "convert/onnx_export.py", "convert/ort_mobile.py", "convert/ptl_export.py", "convert/reparam.py",
+            "backends/base.py", "backends/onnx.py", "backends/ort.py", "backends/ptl.py",
             "runners/base.py", "runners/ort_runner.py", "runners/ptl_runner.py", "runners/torch_runner.py")
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy")
 
 
-@dataclass(frozen=True)
-class Format:
-    """One artifact kind: how to make it from a graph, how to run it, what parameters it depends on."""
-
-    name: str
-    suffix: str
-    make: Callable[[Component, nn.Module, tuple[Tensor, ...], Path], dict]
-    runner: Callable[[Path], Runner]
-    params: Callable[[Component], dict]
-    reason: Callable[[Component], str]
-
-
-def _make_onnx(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
-    info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS, path,
-                       comp.onnx.exporter, comp.onnx.opset)
-    return {"exporter": info.exporter, "opset": info.opset, "nodes": info.nodes, "export_seconds": info.seconds}
-
-
-def _make_ort(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
-    """The ONNX export, then ONNX Runtime's own converter to the mobile format (what the android
-    target ships; here so that `toolkit bench` can time ONNX Runtime on .ort files)."""
-    with tempfile.TemporaryDirectory(prefix=f".{comp.name}-ort-", dir=path.parent) as tmp:
-        source = Path(tmp) / f"{comp.name}.onnx"
-        info = _make_onnx(comp, graph, args, source)
-        converted = convert_to_ort({comp.name: source}, Path(tmp) / "ort")
-        os.replace(converted.files[comp.name], path)
-    return {**info, "exporter": f"{info['exporter']} + ORT converter",
-            "export_seconds": info["export_seconds"] + converted.seconds}
-
-
-def _make_ptl(comp: Component, graph: nn.Module, args: tuple[Tensor, ...], path: Path) -> dict:
-    info = export_ptl(graph, args, comp.input_names, comp.output_names, path)
-    return {"exporter": "jit.trace+freeze", "opset": None, "export_seconds": info.seconds}
-
-
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("onnx", ".onnx", _make_onnx, OrtRunner,
-           lambda c: {"exporter": c.onnx.exporter, "opset": c.onnx.opset, "simplifier": "onnxslim"},
-           lambda c: c.onnx.reason),
-    Format("ort", ".ort", _make_ort, OrtRunner,
-           lambda c: {"exporter": c.onnx.exporter, "opset": c.onnx.opset, "simplifier": "onnxslim",
-                      "ort": {"optimization_style": "Fixed", "target_platform": "arm"}},
-           lambda c: f"{c.onnx.reason}; then ONNX Runtime's converter (optimisations saved, arm target)"),
-    Format("ptl", ".ptl", _make_ptl, PtlRunner, lambda c: {"exporter": "jit.trace+freeze", "lite": True},
-           lambda c: "TorchScript lite: trace, freeze, save for the lite interpreter (optimize_for_mobile "
-                     "fails on this CPU wheel, built without XNNPACK)"),
-)}
+# The formats `toolkit export` makes straight from a PyTorch graph, by their backends (toolkit/backends).
+FORMATS: dict[str, Backend] = exporters()
 
 
 def tool_versions() -> dict[str, str]:
@@ -152,11 +101,11 @@ def _quiet_exporters():
             lg.setLevel(level)
 
 
-def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tensor], record: dict, cache_state: str) -> dict:
+def _row(comp: Component, fmt: Backend, artifact: Path, state: Mapping[str, Tensor], record: dict, cache_state: str) -> dict:
     v = record.get("verification", {})
     return {
         "component": comp.name, "format": fmt.name, "file": artifact.name,
-        "exporter": record.get("exporter"), "exporter_reason": fmt.reason(comp), "opset": record.get("opset"),
+        "exporter": record.get("exporter"), "exporter_reason": fmt.exporter.reason(comp), "opset": record.get("opset"),
         "size_bytes": record.get("size_bytes"), "parameters": parameter_count(state, comp),
         "dynamic_axes": {d.name: [d.min, d.max] for d in comp.dims()},
         "max_abs_error": v.get("max_abs_error"), "max_rel_error": v.get("max_rel_error"),
@@ -169,7 +118,7 @@ def _row(comp: Component, fmt: Format, artifact: Path, state: Mapping[str, Tenso
     }
 
 
-def _produce(comp: Component, fmt: Format, graph: nn.Module, inputs: dict, reference: dict, out: Path,
+def _produce(comp: Component, fmt: Backend, graph: nn.Module, inputs: dict, reference: dict, out: Path,
              progress: Callable[[str], None], failed_key: str) -> tuple[Path, dict]:
     """Export one artifact, verify it, move it to its final (or failed) name; returns (path, record).
 
@@ -181,7 +130,7 @@ def _produce(comp: Component, fmt: Format, graph: nn.Module, inputs: dict, refer
     try:
         try:
             with keep_interrupts(), _quiet_exporters():
-                info = fmt.make(comp, graph, args, tmp)
+                info = fmt.exporter.make(comp, graph, args, tmp)
         except Exception as e:  # noqa: BLE001 - an exporter failure fails this artifact, not the job
             if is_write_error(e, out):
                 raise
@@ -303,7 +252,7 @@ def _run_export(out: Path, state, weights_label, names, formats, force, progress
         plan = []
         for fmt in (FORMATS[f] for f in formats):
             artifact = out / f"{comp.name}{fmt.suffix}"
-            key = cache.digest_json({**base, "format": fmt.name, "params": fmt.params(comp)})
+            key = cache.digest_json({**base, "format": fmt.name, "params": fmt.exporter.params(comp)})
             found = cache.Lookup(None, "forced") if force else cache.lookup(artifact, key)
             plan.append((fmt, artifact, key, found))
         if not all(found.hit for *_, found in plan):

@@ -46,36 +46,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from .backends import BACKENDS
+from .backends.coreml import COMPRESSIONS
 from .components import COMPONENTS, IMAGE_SIZE
 from .errors import ToolkitError
 
 SCHEMA = 1
 PROJECT_TARGETS = Path(__file__).resolve().parents[1] / "targets"
 
-FORMATS = {
-    "onnx": "ONNX (.onnx) for ONNX Runtime",
-    "ort": "ONNX Runtime Mobile format (.ort) + required_operators.config for a reduced-operator build",
-    "coreml": "Core ML mlprogram (.mlpackage)",
-    "tensorrt": "TensorRT-ready ONNX (int32 I/O, shape profiles, operator-checked) + on-device engine build",
-    "ptl": "TorchScript lite (.ptl) for the PyTorch lite interpreter",
-}
-# Precisions each format can produce: the ONNX / .ort / .ptl artifacts are fp32 graphs; Core ML
-# computes in fp16 or fp32; TensorRT builds fp16 or fp32 engines from the fp32 ONNX.
-PRECISIONS = {"onnx": ("fp32",), "ort": ("fp32",), "ptl": ("fp32",), "coreml": ("fp16", "fp32"),
-              "tensorrt": ("fp16", "fp32")}
-COMPRESSIONS = {"none": "weights as computed (fp16 or fp32)",
-                "linear8": "8-bit linear (symmetric, per channel) weight quantization",
-                "palettize4": "4-bit k-means palettization of the weights",
-                "palettize6": "6-bit k-means palettization of the weights",
-                "palettize8": "8-bit k-means palettization of the weights"}
-# Settings tables of the format stages, with their defaults.
-FORMAT_SETTINGS = {
-    "coreml": {"minimum_deployment_target": "iOS17", "compute_units": "ALL"},
-    "ort": {"target_platform": "arm", "optimization_style": "Fixed"},
-    "tensorrt": {"jetpack": "6.2", "version": "10.3", "workspace_mib": 2048},
-    "onnx": {},
-    "ptl": {},
-}
+# What each format is, the precisions it produces and its settings table: its backend's (toolkit/backends).
+FORMATS = {name: b.description for name, b in BACKENDS.items()}
+PRECISIONS = {name: b.precisions for name, b in BACKENDS.items()}
+FORMAT_SETTINGS = {name: dict(b.settings) for name, b in BACKENDS.items()}
 _COMPONENT_KEYS = {"format", "precision", "opset", "fallback", "compression", "note"}
 _TOP_KEYS = {"schema", "name", "description", "image_size", "defaults", "components", "family", "family_default",
              *FORMAT_SETTINGS}

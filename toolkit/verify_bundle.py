@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from .backends import BACKENDS
 from .bundle import Bundle, BundleError, open_bundle, unpacked
-from .bundle_runtime import artifact_runner, runtime_label, runtime_unavailable
+from .bundle_runtime import artifact_runner
 from .components import COMPONENTS, Component, Tolerance
 from .convert import cache
 from .errors import ToolkitError
@@ -51,7 +52,7 @@ def verify_artifact(comp: Component, entry: dict, path: Path, reference: Referen
     """Parity of one artifact (manifest entry: format, precision, I/O, dims) with the reference, or
     `pending` with the reason when its runtime is not here."""
     fmt, precision = entry["format"], entry["precision"]
-    reason = runtime_unavailable(fmt)
+    reason = BACKENDS[fmt].unavailable()
     if reason:
         return {"status": "pending", "runtime": None, "reason": reason}
     cases = reference.inputs(comp)
@@ -59,7 +60,7 @@ def verify_artifact(comp: Component, entry: dict, path: Path, reference: Referen
               if all(entry["dims"][d][0] <= v <= entry["dims"][d][2] for d, v in case_dims(comp, feeds).items())}
     outside = [case for case in cases if case not in inputs]
     if not inputs:  # a verification that ran no case proves nothing: it must not pass
-        return {"status": "failed", "runtime": runtime_label(fmt), "cases": [], "cases_outside_ranges": outside,
+        return {"status": "failed", "runtime": BACKENDS[fmt].runtime(), "cases": [], "cases_outside_ranges": outside,
                 "failures": [f"{comp.name}: no verification case lies within the artifact's dimension ranges "
                              f"{entry['dims']}: nothing was checked"]}
     reference_outputs = reference.outputs(comp)
@@ -67,12 +68,12 @@ def verify_artifact(comp: Component, entry: dict, path: Path, reference: Referen
     try:
         runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
     except BundleError as e:  # reported as this artifact's failure; the other artifacts are still checked
-        return {"status": "failed", "runtime": runtime_label(fmt), "cases": [], "failures": [f"{comp.name}: {e}"]}
+        return {"status": "failed", "runtime": BACKENDS[fmt].runtime(), "cases": [], "failures": [f"{comp.name}: {e}"]}
     got = run_cases(runner, inputs)
     # Only Core ML computes in fp16 here; the TensorRT-ready ONNX runs in fp32 (its precision is the engine's).
     checked = replace(comp, tolerance=FP16_TOLERANCE) if precision == "fp16" and fmt == "coreml" else comp
     result = compare(checked, fmt, inputs, reference_outputs, got).summary()
-    out = {"status": "passed" if result.pop("ok") else "failed", "runtime": runtime_label(fmt), **result,
+    out = {"status": "passed" if result.pop("ok") else "failed", "runtime": BACKENDS[fmt].runtime(), **result,
            "tolerance": vars(checked.tolerance), "seconds": round(time.perf_counter() - start, 2)}
     if outside:
         out["cases_outside_ranges"] = outside
@@ -146,14 +147,14 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
         if on_device:
             report.notes.append(f"{len(on_device)} on-device file(s) not covered by checksums: {', '.join(on_device)}")
         reference = None
-        if parity and any(runtime_unavailable(entries[n]["format"]) is None for n in names):
+        if parity and any(BACKENDS[entries[n]["format"]].unavailable() is None for n in names):
             reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress, names)
         for name in names:
             entry = entries[name]
             row = {"component": name, "format": entry["format"], "precision": entry["precision"],
                    "file": entry["file"]}
             if reference is None:
-                reason = runtime_unavailable(entry["format"]) or "parity not requested (--no-parity)"
+                reason = BACKENDS[entry["format"]].unavailable() or "parity not requested (--no-parity)"
                 row.update(status="pending", runtime=None, reason=reason)
             else:
                 progress(f"{name} [{entry['format']}]: parity")

@@ -1,7 +1,7 @@
 """`toolkit bench`: latency, peak memory, FLOPs and end-to-end time per component and runner, per device.
 
   harness.py    what runs on the device: config, timing loop, statistics, the whole measurement
-  backends.py   runner kinds (torch, ort, ort-mobile, ptl, ort-cuda) and the weights / artifacts
+  backends.py   runner kinds (torch, onnx, ort, ptl, onnx-cuda) and the weights / artifacts
   memory.py     peak RSS per component x runner in child processes (ru_maxrss via os.wait4)
   flops.py      FLOPs from the ONNX graph (or torch's flop counter without one)
   peak.py       this machine's fp32 matmul ceiling, measured in the same run

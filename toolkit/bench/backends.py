@@ -1,14 +1,18 @@
 """What the benchmark runs: the runner kinds, and the weights / artifacts they are built from.
 
-A runner kind turns a component into a `toolkit.runners.Runner`, or says why it cannot run
-here (no artifact of that kind, package or execution provider missing on this device). A kind
-that cannot run is reported as skipped with that reason, never left out.
+A runner kind is an artifact format (its backend, toolkit/backends: the same names as in target files)
+on an execution provider, or PyTorch eager; it turns a component into a `toolkit.runners.Runner`, or
+says why it cannot run here (no artifact of that kind, package or execution provider missing on this
+device). A kind that cannot run is reported as skipped with that reason, never left out.
 
   torch       the component's PyTorch graph, eager (the baseline of every ratio)
-  ort         ONNX Runtime, CPU execution provider, `<component>.onnx`
-  ort-mobile  ONNX Runtime, CPU execution provider, `<component>.ort` (the mobile format)
+  onnx        ONNX Runtime, CPU execution provider, `<component>.onnx`
+  ort         ONNX Runtime, CPU execution provider, `<component>.ort` (the mobile format)
   ptl         TorchScript lite interpreter, `<component>.ptl`
-  ort-cuda    ONNX Runtime, CUDA execution provider, `<component>.onnx` (GPU devices)
+  onnx-cuda   ONNX Runtime, CUDA execution provider, `<component>.onnx` (GPU devices)
+
+Earlier spellings (`ort-mobile`, `ort-cuda`) are accepted (RUNNER_ALIASES); `ort` used to mean the
+.onnx file and now means the .ort file, as it does in target files.
 
 ONNX Runtime sessions keep the library defaults an application gets (CPU memory arena on, all
 graph optimisations), with `threads` intra-op threads.
@@ -21,13 +25,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from ..backends import BACKENDS, Backend
 from ..components import COMPONENTS, Component
 
 EAGER = "torch"
-
-
-def _missing(package: str) -> str | None:
-    return None if importlib.util.find_spec(package) else f"{package} is not installed on this device"
 
 
 class Sources:
@@ -90,50 +91,55 @@ class Sources:
 class RunnerKind:
     name: str
     doc: str
-    suffix: str | None  # artifact file suffix; None: built from the PyTorch graph
-    packages: tuple[str, ...]
+    format: str | None  # the artifact format (its backend); None: the PyTorch graph
     providers: tuple[str, ...] = ()
+
+    @property
+    def backend(self) -> Backend | None:
+        return BACKENDS[self.format] if self.format else None
+
+    @property
+    def suffix(self) -> str | None:
+        return self.backend.suffix if self.backend else None
 
     def unavailable(self, comp: Component, sources: Sources) -> str | None:
         """Why this kind cannot run `comp` here, or None."""
-        for package in self.packages:
-            if reason := _missing(package):
-                return reason
+        if self.backend is None:
+            return None if importlib.util.find_spec("torch") else "torch is not installed on this device"
+        if reason := self.backend.unavailable():
+            return f"{reason} on this device"
         if self.providers:
             import onnxruntime as ort
             present = ort.get_available_providers()
             lacking = [p for p in self.providers if p not in present]
             if lacking:
                 return f"{', '.join(lacking)} not available (this onnxruntime has {', '.join(present)})"
-        if self.suffix and sources.artifact(comp.name, self.suffix) is None:
+        if sources.artifact(comp.name, self.suffix) is None:
             return sources.no_artifact(comp.name, self.suffix)
         return None
 
     def build(self, comp: Component, sources: Sources):
-        if self.suffix is None:
+        if self.backend is None:
             from ..runners.torch_runner import TorchRunner
             return TorchRunner(sources.graph(comp.name), comp.input_names, comp.output_names)
-        path = sources.artifact(comp.name, self.suffix)
-        if self.name == "ptl":
-            from ..runners.ptl_runner import PtlRunner
-            return PtlRunner(path)
-        from ..runners.ort_runner import OrtRunner
-        runner = OrtRunner(path, providers=list(self.providers) or None, threads=sources.threads)
-        used = runner.session.get_providers()
+        runner = self.backend.runner(sources.artifact(comp.name, self.suffix), threads=sources.threads,
+                                     providers=list(self.providers) or None)
+        used = runner.session.get_providers() if self.providers else []
         if self.providers and self.providers[0] not in used:
             raise RuntimeError(f"onnxruntime fell back to {used} instead of {self.providers[0]}")
         return runner
 
     def size_bytes(self, comp: Component, sources: Sources) -> int:
-        if self.suffix is None:
+        if self.backend is None:
             return sources.weight_bytes(comp)
         return sources.artifact(comp.name, self.suffix).stat().st_size
 
 
 RUNNER_KINDS: dict[str, RunnerKind] = {k.name: k for k in (
-    RunnerKind("torch", "PyTorch eager (component graph)", None, ("torch",)),
-    RunnerKind("ort", "ONNX Runtime CPU, .onnx", ".onnx", ("onnxruntime",)),
-    RunnerKind("ort-mobile", "ONNX Runtime CPU, .ort", ".ort", ("onnxruntime",)),
-    RunnerKind("ptl", "TorchScript lite interpreter, .ptl", ".ptl", ("torch",)),
-    RunnerKind("ort-cuda", "ONNX Runtime CUDA, .onnx", ".onnx", ("onnxruntime",), ("CUDAExecutionProvider",)),
+    RunnerKind("torch", "PyTorch eager (component graph)", None),
+    RunnerKind("onnx", "ONNX Runtime CPU, .onnx", "onnx"),
+    RunnerKind("ort", "ONNX Runtime CPU, .ort", "ort"),
+    RunnerKind("ptl", "TorchScript lite interpreter, .ptl", "ptl"),
+    RunnerKind("onnx-cuda", "ONNX Runtime CUDA, .onnx", "onnx", ("CUDAExecutionProvider",)),
 )}
+RUNNER_ALIASES = {"ort-mobile": "ort", "ort-cuda": "onnx-cuda"}

@@ -34,7 +34,6 @@ from ..machine import cpu
 Progress = Callable[[str], None]
 LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy")
 _PACKAGE = Path(__file__).resolve().parents[1]  # toolkit/
-ARTIFACT_SUFFIXES = (".onnx", ".ort", ".ptl")
 
 
 def _first_line(path: str, prefix: str) -> str | None:
@@ -140,12 +139,13 @@ class SshDevice:
     def _payload(self, config, inputs: Path | None) -> tuple[list[tuple[Path, str]], dict]:
         """(local path, name on the device) to copy, and the config as the device sees it."""
         from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+        from .backends import RUNNER_KINDS
         files: list[tuple[Path, str]] = [(_PACKAGE, "toolkit")]
         remote = config.to_json()
         if config.artifacts:
             names = set(config.components) | (set(DETECTOR_COMPONENTS + TRACKER_COMPONENTS) if config.scenarios else set())
             for name in sorted(names):
-                for suffix in ARTIFACT_SUFFIXES:
+                for suffix in sorted({k.suffix for k in RUNNER_KINDS.values() if k.suffix}):
                     path = Path(config.artifacts) / f"{name}{suffix}"
                     if path.is_file():
                         files.append((path, f"artifacts/{path.name}"))

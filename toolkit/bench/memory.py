@@ -98,11 +98,13 @@ def _release_other_weights(sources, comp) -> None:
     import torch
 
     models = sources.models
-    for prefix, module in (("detector.", models.detector), ("tracker.", models.tracker)):
-        for key, tensor in module.state_dict(keep_vars=True).items():
+    for prefix, half in (("detector.", "detector"), ("tracker.", "tracker")):
+        module = models.__dict__.get(half)  # the halves built (Models builds each on first use)
+        for key, tensor in (module.state_dict(keep_vars=True).items() if module is not None else ()):
             if not (prefix + key).startswith(comp.prefixes):
                 tensor.data = torch.empty(0, dtype=tensor.dtype)
-    sources.__dict__.pop("state", None)
+    models.state = {}  # the checkpoint tensors the built halves do not hold
+    sources.__dict__.pop("weights", None)
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

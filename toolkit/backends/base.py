@@ -1,0 +1,161 @@
+"""What a backend is, and the build stages every backend shares (export, copy, verify).
+
+A backend owns one artifact format: its name (the one word used in target files, on the command line
+and in every report), its artifact suffix, the precisions it can produce, the settings table a target
+file gives it (with defaults), the export it starts from, its build stages in order, how to run an
+artifact here and why it cannot. A build stage is a function `stage(job, backend, plans) -> failures`
+over the components the target gives this backend: it writes manifest entries into `job.entries` and
+returns {component: reason} for those that failed (they move to the target's fallback).
+
+Imports: errors, runners, components/spec (declarations), convert (lazily, inside stages).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..components import COMPONENTS, Component
+from ..runners import Runner
+
+Failures = dict[str, str]
+
+
+class Stage(Protocol):
+    """`job`: the build (`toolkit.build._Job`: root, target settings, exports, entries, verify);
+    `plans`: the target's `ComponentPlan`s this backend makes."""
+
+    def __call__(self, job, backend: Backend, plans: list) -> Failures: ...
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How `toolkit export` makes this format straight from a PyTorch graph (onnx, ort, ptl)."""
+
+    make: Callable  # (component, graph, example args, path) -> record (exporter, opset, export_seconds, ...)
+    params: Callable[[Component], dict]  # what the artifact depends on besides the graph (cache key)
+    reason: Callable[[Component], str]  # why this exporter, for the report
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    suffix: str  # the artifact's file (or package) suffix in a bundle
+    precisions: tuple[str, ...]  # what the format can produce, first = its default
+    settings: Mapping[str, object]  # the target file's [<name>] table and its defaults
+    export_from: str | None  # the export a build starts from ("onnx", "ptl"); None: the PyTorch graph
+    stages: tuple[Stage, ...]  # the build, in order
+    packages: tuple[str, ...]  # Python packages running an artifact needs
+    open_runner: Callable[..., Runner]  # (path, threads=None, providers=None) -> Runner
+    runtime: Callable[[], str]  # what runs the artifacts here, with its version
+    platform_problem: Callable[[], str | None] = lambda: None  # beyond packages: why it cannot run here
+    exporter: Exporter | None = None
+    options: Mapping[str, str] = field(default_factory=dict)  # extra per-component choices (Core ML compression)
+
+    def unavailable(self) -> str | None:
+        """Why artifacts of this format cannot run on this machine, or None."""
+        for package in self.packages:
+            if importlib.util.find_spec(package) is None:
+                return f"{package} is not installed"
+        return self.platform_problem()
+
+    def runner(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Runner:
+        return self.open_runner(Path(path), threads=threads, providers=providers)
+
+
+class StageFailed(Exception):
+    """One component's stage failed: the message is the reason recorded in the manifest."""
+
+
+# --- manifest entry helpers --------------------------------------------------------------------
+
+def io_entries(comp: Component, changed: Mapping | None = None) -> tuple[list[dict], list[dict]]:
+    """The manifest's I/O entries: declared name, dtype, shape, doc, range, and how the artifact
+    takes each tensor (`changed`: {"inputs"|"outputs": {name: {dtype?, shape?}}})."""
+    changed = changed or {}
+
+    def entries(specs, kind):
+        out = []
+        for s in specs:
+            diff = changed.get(kind, {}).get(s.name, {})
+            out.append({"name": s.name, "dtype": s.dtype, "shape": list(s.shape), "doc": s.doc,
+                        "range": list(s.range) if s.range else None,
+                        "artifact_dtype": diff.get("dtype", s.dtype),
+                        "artifact_shape": diff.get("shape", list(s.shape))})
+        return out
+    return entries(comp.inputs, "inputs"), entries(comp.outputs, "outputs")
+
+
+def declared_dims(comp: Component) -> dict[str, list[int]]:
+    return {d.name: [d.min, d.typical, d.max] for d in comp.dims()}
+
+
+def per_component(convert: Callable[..., dict]) -> Stage:
+    """A stage from a one-component conversion `convert(job, backend, plan) -> manifest entry`
+    (raising StageFailed)."""
+    def stage(job, backend: Backend, plans: list) -> Failures:
+        failures = {}
+        for plan in plans:
+            try:
+                job.entries[plan.component] = convert(job, backend, plan)
+            except StageFailed as e:
+                failures[plan.component] = str(e)
+        return failures
+    stage.__name__ = convert.__name__
+    stage.__doc__ = convert.__doc__
+    return stage
+
+
+# --- the shared stages -------------------------------------------------------------------------
+
+def export(job, backend: Backend, plans: list) -> Failures:
+    """`toolkit export`'s job (verified against PyTorch, cached) for the format the backend starts from."""
+    job.export([p.component for p in plans], backend.export_from)
+    return {}
+
+
+def exported_source(job, name: str, fmt: str) -> tuple[Path, dict]:
+    source, row = job.exported(name, fmt)
+    if source is None:
+        raise StageFailed("; ".join(row["failures"]) or f"the {fmt} export failed")
+    return source, row
+
+
+@per_component
+def copy(job, backend: Backend, plan) -> dict:
+    """The verified export itself is the artifact: copied, with the export's verification."""
+    from . import BACKENDS
+    comp = COMPONENTS[plan.component]
+    source, row = exported_source(job, comp.name, backend.export_from)
+    rel = f"models/{comp.name}{backend.suffix}"
+    shutil.copyfile(source, job.root / rel)
+    inputs, outputs = io_entries(comp)
+    verification = {"status": "passed", "runtime": BACKENDS[backend.export_from].runtime(),
+                    "verified_by": f"toolkit export (this exact file, {row['file']} in the export cache)",
+                    **{k: row[k] for k in ("cases", "max_abs_error", "max_rel_error", "min_mask_iou",
+                                           "max_outlier_fraction")}}
+    return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
+            "verification": verification,
+            "provenance": {"stages": [f"torch -> {plan.format} ({row['exporter']})", "copy"],
+                           "opset": row["opset"], "export_seconds": row["export_seconds"]}}
+
+
+def verify(job, backend: Backend, plans: list) -> Failures:
+    """Every artifact not yet verified is checked against the PyTorch component where its runtime
+    exists here (else recorded as pending, with why); a failed one is removed."""
+    failures = {}
+    for plan in plans:
+        entry = job.entries.get(plan.component)
+        if entry is None or "verification" in entry:
+            continue
+        entry["verification"] = job.verify(plan.component, {**entry, "format": plan.format,
+                                                             "precision": plan.precision})
+        if entry["verification"]["status"] == "failed":
+            failures[plan.component] = "; ".join(entry["verification"]["failures"][:3])
+            artifact = job.root / job.entries.pop(plan.component)["file"]
+            shutil.rmtree(artifact) if artifact.is_dir() else artifact.unlink(missing_ok=True)
+    return failures

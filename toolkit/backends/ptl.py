@@ -1,0 +1,33 @@
+"""TorchScript lite (.ptl) for the PyTorch lite interpreter: trace, freeze, save for the lite interpreter."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..components import Component
+from . import base
+
+
+def make(comp: Component, graph, args, path: Path) -> dict:
+    from ..convert.ptl_export import export_ptl
+    info = export_ptl(graph, args, comp.input_names, comp.output_names, path)
+    return {"exporter": "jit.trace+freeze", "opset": None, "export_seconds": info.seconds}
+
+
+def open_runner(path: Path, threads: int | None = None, providers: list[str] | None = None):
+    from ..runners.ptl_runner import PtlRunner
+    return PtlRunner(path)
+
+
+def runtime() -> str:
+    import torch
+    return f"torch {torch.__version__} lite interpreter"
+
+
+BACKEND = base.Backend(
+    name="ptl", description="TorchScript lite (.ptl) for the PyTorch lite interpreter", suffix=".ptl",
+    precisions=("fp32",), settings={}, export_from="ptl", stages=(base.export, base.copy, base.verify),
+    packages=("torch",), open_runner=open_runner, runtime=runtime,
+    exporter=base.Exporter(make, lambda c: {"exporter": "jit.trace+freeze", "lite": True},
+                           lambda c: "TorchScript lite: trace, freeze, save for the lite interpreter "
+                                     "(optimize_for_mobile fails on this CPU wheel, built without XNNPACK)"),
+)
