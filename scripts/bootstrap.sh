@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[convert,test]"

@@ -103,7 +103,8 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
         start = time.perf_counter()
         progress(f"segmenting {image} for {prompt!r}")
         # a bundle's detector carries the bundle's tokenizer (a bundle is self-contained)
-        segmenter = ImageSegmenter(detector, getattr(detector, "tokenizer", None))
+        segmenter = detector if getattr(detector, "is_pipeline", False) else ImageSegmenter(  # a bundle's runtime
+            detector, getattr(detector, "tokenizer", None))
         found = segmenter(rgb, prompt, list(boxes) + list(negative_boxes),
                           [True] * len(boxes) + [False] * len(negative_boxes), threshold, max_objects, record)
         seconds = time.perf_counter() - start
@@ -370,9 +371,19 @@ def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = N
                progress=lambda message: None):
     """`toolkit run`: `toolkit segment` (with --image) or `toolkit track` (with --frames) from a bundle
     alone: the same pipeline code, the bundle's artifacts as runners (checksums checked first)."""
+    from .runtime import RuntimeInputError
+    try:
+        return _run_bundle(bundle, out, image, prompt, frames, boxes, negative_boxes, points, negative_points, frame,
+                           threshold, max_objects, save_intermediates, force, threads, progress)
+    except RuntimeInputError as e:  # the torch-free runtime's own one-line errors
+        raise ToolkitError(str(e)) from e
+
+
+def _run_bundle(bundle, out, image, prompt, frames, boxes, negative_boxes, points, negative_points, frame, threshold,
+                max_objects, save_intermediates, force, threads, progress):
     from .bundle import open_bundle
-    from .bundle_runtime import bundle_detector, video_tracker
     from .outputs import guard_outputs
+    from .runtime import Bundle, Segmenter, Tracker
     if (image is None) == (frames is None):
         raise ToolkitError("give --image (segmentation) or --frames (tracking)")
     guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
@@ -387,7 +398,8 @@ def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = N
             raise ToolkitError("--image needs --prompt")
         if points or negative_points:
             raise ToolkitError("--point / --neg-point go with --frames")
-        detector = bundle_detector(opened, threads)
+        # the torch-free runtime (toolkit/runtime) over the bundle opened and checked above
+        detector = Segmenter(Bundle(opened.root, opened.manifest), threads)
         result = segment(image, prompt, out, built_from, boxes, negative_boxes, threshold, max_objects,
                          save_intermediates, force, progress, loaded=(detector, label))
         if detector.prompt_cache is not None and detector.prompt_cache.hits:
@@ -399,4 +411,5 @@ def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = N
     if len(boxes) > 1 or negative_boxes:
         raise ToolkitError("tracking takes one --box")
     return track(frames, out, built_from, points, negative_points, boxes[0] if boxes else None, None, frame,
-                 threshold, save_intermediates, force, progress, loaded=(video_tracker(opened, threads), label))
+                 threshold, save_intermediates, force, progress,
+                 loaded=(Tracker(Bundle(opened.root, opened.manifest), threads), label))

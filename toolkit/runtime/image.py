@@ -1,0 +1,169 @@
+"""Image path from a bundle: RGB image + text (+ boxes) -> detections, numpy + ONNX Runtime only.
+
+The steps of `toolkit segment` (`toolkit.pipeline.image.ImageSegmenter`), over the bundle's
+components: pre-processing, tokenizer or prompt cache, prompt assembly (text tokens ++ geometry
+tokens), the five detector graphs, post-processing. Each component's session is released as soon
+as the run no longer needs it (`resident=True` keeps them for an app that segments many images).
+`record(stage, arrays)` receives the stage tensors under the golden manifest's names, as the
+reference's `--save-intermediates` does.
+"""
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._shared import postprocess_grounding, sigmoid
+from .bundle import Bundle
+from .errors import RuntimeInputError
+from .preprocess import preprocess_image
+from .sessions import Sessions
+from .tokenizer import BpeTokenizer
+
+Record = Callable[[str, dict], None]
+
+
+@dataclass
+class Detections:
+    """Kept objects of one image, in query order (as `toolkit.pipeline.image.Detections`)."""
+
+    boxes_xyxy_px: np.ndarray  # (N, 4) float32, original-image pixels
+    scores: np.ndarray         # (N,) float32
+    masks: np.ndarray          # (N, H, W) bool
+    mask_probs: np.ndarray     # (N, H, W) float32
+    query_indices: np.ndarray  # (N,) int64
+
+
+class PromptCache:
+    """Text-encoder outputs of the bundle's fixed concepts, looked up by token ids."""
+
+    def __init__(self, bundle: Bundle):
+        info = bundle.manifest["prompt_cache"]
+        self.entries: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self.hits = 0
+        if info is None:
+            return
+        try:
+            with np.load(bundle.path(info["file"])) as z:  # allow_pickle=False: object arrays are refused
+                ids, features, mask = (np.asarray(z[k]) for k in ("token_ids", "text_features", "text_mask"))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise RuntimeInputError(f"bundle {bundle.root}: {info['file']} is not a prompt cache: {e}") from e
+        if not len(ids) == len(features) == len(mask) == len(info["concepts"]):
+            raise RuntimeInputError(f"bundle {bundle.root}: {info['file']} does not hold one entry per concept")
+        self.entries = {tuple(row.tolist()): (features[i], mask[i]) for i, row in enumerate(ids)}
+
+    def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
+        found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
+        if found is None:
+            return None
+        self.hits += 1
+        return {"text_features": found[0][:, None], "text_mask": found[1][None]}
+
+
+def boxes_to_prompt(boxes_xyxy, positive, image_hw) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x0,y0,x1,y1 boxes -> (N,1,4) normalised cx,cy,w,h float32 and (N,1) bool labels.
+    (Python floats, then float32: the reference's rounding.)"""
+    height, width = image_hw
+    rows = [[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+            for x0, y0, x1, y1 in boxes_xyxy]
+    return np.array(rows, np.float32).reshape(-1, 1, 4), np.array(positive, bool).reshape(-1, 1)
+
+
+class Segmenter:
+    """`toolkit segment` from a bundle: `segmenter(rgb, prompt, boxes, positive, threshold, max_objects)`."""
+
+    is_pipeline = True  # `toolkit run` passes it to toolkit.api's segment / track as the whole pipeline
+
+    def __init__(self, bundle: Bundle, threads: int | None = None, lean: bool = True, resident: bool = False):
+        self.bundle = bundle
+        self.sessions = Sessions(bundle, threads, lean)
+        self.resident = resident
+        self.tokenizer = BpeTokenizer(bundle.path(bundle.manifest["tokenizer"]["vocabulary"]))
+        tok = bundle.manifest["tokenizer"]
+        if (tok["start_id"], tok["end_id"]) != (self.tokenizer.start_id, self.tokenizer.end_id):
+            raise RuntimeInputError(f"bundle {bundle.root}: the manifest's start/end ids are not those of its "
+                                    "vocabulary")
+        self.prompt_cache = PromptCache(bundle)
+
+    def _done(self, *names: str) -> None:
+        if not self.resident:
+            self.sessions.release(*names)
+
+    def check(self, prompt: str, boxes_xyxy, image_hw) -> None:
+        self.tokenizer.check(prompt)
+        height, width = image_hw
+        for x0, y0, x1, y1 in boxes_xyxy:
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise RuntimeInputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
+                                        f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
+
+    def __call__(self, rgb: np.ndarray, prompt: str, boxes_xyxy_px=(), box_positive=None, threshold: float = 0.5,
+                 max_objects: int | None = None, record: Record | None = None) -> Detections:
+        image_hw = rgb.shape[:2]
+        self.check(prompt, boxes_xyxy_px, image_hw)
+        run = self.sessions.run
+        # Text first: the text encoder (63M parameters) is released before the image's features exist.
+        ids = self.tokenizer(prompt)
+        text = self.prompt_cache.lookup(ids)
+        if text is None:
+            text = run("text_encoder", token_ids=ids)
+            self._done("text_encoder")
+        image = preprocess_image(rgb)
+        vision = run("vision_encoder", image=image)
+        self._done("vision_encoder")
+        if record is not None:
+            record("00_preprocess", {"image": image})
+            record("02_trunk_with_head", {"out.0": vision["backbone_features"]})
+            record("03_neck", {"out.vision_features": vision["fpn_72"], "out.vision_pos_enc.2": vision["image_pos"],
+                               **{f"out.backbone_fpn.{i}": vision[f"fpn_{s}"] for i, s in enumerate((288, 144, 72))}})
+            record("04_tokenizer", {"ids": ids})
+            record("05d_forward_text", {"out.language_features": text["text_features"],
+                                        "out.language_mask": text["text_mask"]})
+        del image, vision["backbone_features"]  # the trunk output (1024x72x72) is the tracker's, not needed here
+        positive = list(box_positive) if box_positive is not None else [True] * len(boxes_xyxy_px)
+        boxes, labels = boxes_to_prompt(list(boxes_xyxy_px), positive, image_hw) if len(boxes_xyxy_px) else (
+            np.zeros((0, 1, 4), np.float32), np.zeros((0, 1), bool))
+        geometry = run("geometry_encoder", boxes=boxes, box_labels=labels, image_features=vision["fpn_72"],
+                       image_pos=vision["image_pos"])
+        self._done("geometry_encoder")
+        prompt_feeds = {"prompt": np.concatenate([text["text_features"], geometry["geometry_tokens"]]),
+                        "prompt_mask": np.concatenate([text["text_mask"], geometry["geometry_mask"]], axis=1)}
+        memory = run("fusion_encoder", image_features=vision["fpn_72"], image_pos=vision["image_pos"],
+                     **prompt_feeds)["memory"]
+        self._done("fusion_encoder")
+        decoded = run("fusion_decoder", memory=memory, image_pos=vision["image_pos"], **prompt_feeds)
+        self._done("fusion_decoder")
+        logits = run("scoring", queries=decoded["queries"], **prompt_feeds)["pred_logits"]
+        self._done("scoring")
+        masks = run("segmentation_head", fpn_288=vision["fpn_288"], fpn_144=vision["fpn_144"],
+                    queries=decoded["queries"], memory=memory, **prompt_feeds)
+        self._done("segmentation_head")
+        if record is not None:
+            record("06_geometry_encoder", {"out.0": geometry["geometry_tokens"], "out.1": geometry["geometry_mask"]})
+            record("07_fusion_encoder", {"out.memory": memory})
+            record("11_grounding_out", {
+                "out.encoder_hidden_states": memory, "out.queries": decoded["queries"],
+                "out.presence_logit_dec": decoded["presence_logit"], "out.pred_logits": logits,
+                "out.pred_boxes": decoded["pred_boxes"], "out.pred_masks": masks["pred_masks"],
+                "out.semantic_seg": masks["semantic_seg"]})
+        del vision, memory
+        scores = (sigmoid(logits[0, :, 0]) * sigmoid(decoded["presence_logit"][0, 0])).astype(np.float32)
+        chosen = np.flatnonzero(scores > threshold)  # the same score as postprocess_grounding's
+        if max_objects is not None and len(chosen) > max_objects and record is None:
+            # only the kept masks are resized to the image (200 x H x W float32 would be the run's peak)
+            chosen = np.sort(chosen[np.argsort(-scores[chosen], kind="stable")[:max_objects]])
+        else:
+            chosen = np.arange(scores.shape[0])
+        found = postprocess_grounding(logits[:, chosen], decoded["pred_boxes"][:, chosen],
+                                      masks["pred_masks"][:, chosen], decoded["presence_logit"], image_hw, threshold)
+        found["query_indices"] = chosen[found["query_indices"]]
+        if record is not None:
+            record("12_postprocess", {f"out.{k}": v for k, v in found.items() if k != "query_indices"})
+        keep = np.arange(len(found["scores"]))
+        if max_objects is not None and len(keep) > max_objects:
+            keep = np.sort(np.argsort(-found["scores"], kind="stable")[:max_objects])
+        return Detections(boxes_xyxy_px=found["boxes_xyxy_px"][keep], scores=found["scores"][keep],
+                          masks=found["masks"][keep, 0], mask_probs=found["mask_probs"][keep, 0],
+                          query_indices=found["query_indices"][keep])
