@@ -593,3 +593,27 @@ def test_calibration_feeds_from_the_real_pipelines(tmp_path):
     assert fusion["image_features"].shape == (1, 256, 72, 72) and fusion["prompt"].shape[1:] == (1, 256)
     memory = next(store.iter("memory_attention"))
     assert memory["memory"].shape[0] >= 1 and np.abs(memory["memory"]).max() > 0
+
+
+# --- the sensitivity report ----------------------------------------------------------------------------------------
+
+def test_sensitivity_report(convnet_onnx, tmp_path):
+    from toolkit.quantize.report import op_type_sensitivity, quantizable_op_types, write_report
+    calibration, evaluation = _feeds((1, 3, 16, 16), 4, 0), _feeds((1, 3, 16, 16), 2, 1)
+    types = set(quantizable_op_types(convnet_onnx))
+    assert {"Conv", "Softmax"} <= types and {"MatMul", "Gemm"} & types
+    rows = op_type_sensitivity(convnet_onnx, lambda: iter(calibration), lambda: iter(evaluation))
+    by_type = {r["op_type"]: r for r in rows}
+    assert by_type["Conv"]["nodes"] == 2 and 20 < by_type["Conv"]["sqnr_db"] < 300
+    sqnrs = [r["sqnr_db"] for r in rows if "sqnr_db" in r]
+    assert sqnrs == sorted(sqnrs)  # worst first
+
+    def attempt(precision):
+        result = quantize_onnx(convnet_onnx, tmp_path / f"{precision}.onnx", precision, feeds=lambda: iter(calibration))
+        return result, _measure(convnet_onnx, result.path, evaluation)["figures"]
+    ladder = choose_precision("convnet", "ort", "int8", attempt, Gate(min_sqnr_db=200.0))
+    md, png = write_report([ladder], tmp_path / "report", {"convnet": rows})
+    text = md.read_text()
+    assert "| convnet | ort | int8 |  |" in text and "(min_sqnr_db)" in text and "| convnet | ort | fp32 | **yes** |" in text
+    assert "| Conv | 2 |" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 100

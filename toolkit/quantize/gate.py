@@ -267,7 +267,8 @@ class LadderResult:
 
     def to_dict(self) -> dict:
         """For the manifest: the precision chosen and the figures of every rung tried."""
-        return {"format": self.format, "requested": self.requested, "chosen": self.chosen,
+        return {"component": self.component, "format": self.format, "requested": self.requested,
+                "chosen": self.chosen,
                 "rungs": [r.to_dict() for r in self.rungs], "steps": self.steps}
 
 
