@@ -395,6 +395,26 @@ def test_ort_static_int8_qdq_per_channel(convnet_onnx, tmp_path, method):
     assert result.to_dict()["file"] == "q.onnx"
 
 
+@pytest.mark.parametrize("method,calibrater", [("minmax", "MinMaxCalibrater"), ("entropy", "HistogramCalibrater")])
+def test_ort_calibration_is_streamed_sample_by_sample(convnet_onnx, tmp_path, monkeypatch, method, calibrater):
+    """The calibrator reduces after every sample (memory: one sample's activations), not after all."""
+    from onnxruntime.quantization import calibrate
+    calls = []
+    cls = getattr(calibrate, calibrater)
+    original = cls.collect_data
+
+    def counting(self, reader):
+        before = len(self.intermediate_outputs)
+        original(self, reader)
+        calls.append(before)
+    monkeypatch.setattr(cls, "collect_data", counting)
+    result = quantize_onnx(convnet_onnx, tmp_path / "q.onnx", "int8", QuantSettings(method=method),
+                           lambda: iter(_feeds((1, 3, 16, 16), 5, 0)))
+    assert len(calls) == 5 and calls == [0] * 5 and result.settings["samples"] == 5
+    with pytest.raises(QuantizeError, match="feeds are empty"):
+        quantize_onnx(convnet_onnx, tmp_path / "e.onnx", "int8", QuantSettings(method=method), lambda: iter([]))
+
+
 def test_ort_keep_float_excludes_operator_types(convnet_onnx, tmp_path):
     result = quantize_onnx(convnet_onnx, tmp_path / "q.onnx", "int8", QuantSettings(keep_float=("Gemm", "MatMul")),
                            lambda: iter(_feeds((1, 3, 16, 16), 2, 0)))

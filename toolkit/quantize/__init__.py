@@ -52,6 +52,14 @@ make a precision raises `QuantizeError`, which the ladder records as the reason 
     `measure_detector(ref_runners, cand_runners, part)`, `measure_tracker(...)` (end to end):
     each -> {"figures": flat dict for Gate.check, ...detail}.
 
+**Report** (`report`)
+    `op_type_sensitivity(onnx, calibration_feeds, evaluation_feeds, settings) -> rows` (one operator
+    type quantized at a time, worst SQNR first); `write_report(ladders, out_dir, {component: rows})`
+    -> (report.md, sensitivity.png): the `toolkit quantize-report` content.
+
+Memory: recorded feeds live on disk (one sample in memory); ONNX Runtime's calibrators reduce after
+every sample (`ort.STREAMING`), so calibration holds one sample's activations, not all of them.
+
 Caveat: the embedded default weights are deterministic, not trained; figures measured with them
 say how the quantizers treat these activations, not the trained model's (see metrics).
 """

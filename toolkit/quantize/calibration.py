@@ -176,8 +176,9 @@ def _split_flat(items: list, where: str, what: str, minimum: int = 2) -> dict[st
     if len(items) < minimum:
         raise ToolkitError(f"{where}: {len(items)} {what}; a flat folder needs at least {minimum} to split into "
                            "a calibration and an evaluation part")
-    evaluation = [x for i, x in enumerate(items) if i % EVERY == EVERY - 1] or [items[-1]]
-    return {"calibration": tuple(x for x in items if x not in evaluation), "evaluation": tuple(evaluation)}
+    chosen = {i for i in range(len(items)) if i % EVERY == EVERY - 1} or {len(items) - 1}
+    return {"calibration": tuple(x for i, x in enumerate(items) if i not in chosen),
+            "evaluation": tuple(x for i, x in enumerate(items) if i in chosen)}
 
 
 def _images(folder: Path, where: str) -> dict[str, tuple[Path, ...]]:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .gate import LadderResult, QuantSettings
-from .ort import _preprocess, _reader
+from .ort import STREAMING, _preprocess, _reader
 from .stage import QuantizeError
 
 FIGURES = ("sqnr_db", "cosine", "max_rel", "mask_iou")
@@ -52,7 +52,7 @@ def op_type_sensitivity(src: str | Path, calibration: Callable[[], Iterator[Mapp
         reference = OrtRunner(src)
         for op_type, count in quantizable_op_types(pre).items():
             dst = Path(tmp) / f"{op_type}.onnx"
-            extra = {"ActivationSymmetric": settings.activation_symmetric, "WeightSymmetric": True}
+            extra = {"ActivationSymmetric": settings.activation_symmetric, "WeightSymmetric": True, **STREAMING}
             if settings.method == "percentile":
                 extra["CalibPercentile"] = settings.percentile
             try:
