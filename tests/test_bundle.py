@@ -325,15 +325,16 @@ def test_coreml_packages_load_and_match_the_declared_specs(state, workdir, tmp_p
 
 
 def test_prompt_cache_holds_the_concepts_text_features(state, workdir, tmp_path):
-    from toolkit.bundle_runtime import PromptCache
     from toolkit.golden import stage_tensor
+    from toolkit.runtime import Bundle as RuntimeBundle
+    from toolkit.runtime.image import PromptCache
     from toolkit.tokenizer import Tokenizer
     concepts = tmp_path / "concepts.txt"
     concepts.write_text("# my app's vocabulary\nperson\n\nred cup\nperson\n")
     _build("cpu", tmp_path / "cached", state, workdir, concepts=build_module.read_concepts(concepts))
     bundle = open_bundle(tmp_path / "cached")
     assert bundle.manifest["prompt_cache"]["concepts"] == ["person", "red cup"]
-    cache = PromptCache.from_bundle(bundle)
+    cache = PromptCache(RuntimeBundle(bundle.root, bundle.manifest))
     hit = cache.lookup(Tokenizer()("  Person ").numpy())
     golden = "txt_person__05d_forward_text"
     np.testing.assert_allclose(hit["text_features"], stage_tensor(golden, "out.language_features"), atol=1e-4, rtol=0)

@@ -1,34 +1,30 @@
-"""Running a bundle: component runners from its artifacts, and the pipelines driven by them.
+"""The PyTorch pipelines over artifacts: component runners in place of the model's stage methods.
 
-`component_runner` turns a manifest entry into a `Runner` (ONNX Runtime for .onnx / .ort and the
-TensorRT-ready ONNX, the lite interpreter for .ptl, Core ML on macOS), converting at the boundary
-where an artifact's tensor types differ from the declaration (`ArtifactRunner`).
+Running a bundle on a device is `toolkit.runtime`'s job (numpy + ONNX Runtime, no PyTorch). This
+module drives the reference's own pipeline code (pre-processing, prompt assembly, memory bank,
+post-processing of `toolkit segment` / `toolkit track`) with artifact runners instead, where a
+stage-by-stage comparison with the reference is the point: the bench scenarios on every runner
+kind, the calibration feeds of quantization, the export tests against the golden fixture.
 
-The pipelines of `toolkit segment` / `toolkit track` call the PyTorch model's stage methods; the
-adapters below give them the same methods served by component runners, so a bundle runs exactly
-the pipeline code (pre-processing, prompt assembly, memory bank, post-processing) of the
-reference:
+`artifact_runner` turns an artifact into a `Runner` through its format's backend, converting at
+the boundary where the artifact's tensor types differ from the declaration (`ArtifactRunner`).
 
 - `RunnerDetector` provides `encode_image`, `encode_text`, `forward_grounding` for
-  `ImageSegmenter`, and answers `encode_text` from the bundle's prompt cache when the prompt's
-  token ids are in it (the text encoder then does not run);
+  `ImageSegmenter` (the detector chain is `toolkit.components.ground`);
 - `RunnerTracker` is a `VideoTracker` whose frame encoding and memory-attention inputs come from
   the runners, with `RunnerTrackerModules` in place of `TrackerModules`: the SAM-head logic
   (`TrackerModules.sam_heads`, `SamMaskDecoder.forward`'s mask choice) is the reference's own
   code, run over the prompt-encoder / mask-decoder / object-pointer runners.
 
-Boundaries that differ from the reference's method boundaries, and how they are bridged:
-the memory_encoder component takes the 1008x1008 mask probability the pipeline computes (the
+Boundaries that differ from the reference's method boundaries, and how they are bridged: the
+memory_encoder component takes the 1008x1008 mask probability the pipeline computes (the
 binarisation of a clicked frame's mask stays outside every graph). The memory_attention component
-takes the bank's raw memories with their slot indices and computes the position encodings inside, so `memory_inputs` returns those. Text prompts for tracking use
-the mask-prompt path (`mask_downsample`), which no component exports: a bundle tracks clicks
-and boxes.
+takes the bank's raw memories with their slot indices and computes the position encodings inside,
+so `memory_inputs` returns those. Text prompts for tracking use the mask-prompt path
+(`mask_downsample`), which no component exports: runners track clicks and boxes.
 """
 from __future__ import annotations
 
-import gzip
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,9 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import tokenizer as clip_bpe
 from .backends import BACKENDS
-from .bundle import Bundle, BundleError
+from .bundle import BundleError
 from .components import ground
 from .errors import ToolkitError
 from .model.detector import Recorder
@@ -50,7 +45,6 @@ from .pipeline.memory_bank import MemoryBank, MemoryPlan
 from .pipeline.video import FrameFeatures, Memory, VideoTracker
 from .preprocess import preprocess_frame
 from .runners import Runner
-from .tokenizer import Tokenizer
 
 DETECTOR_COMPONENTS = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
                        "scoring", "segmentation_head")
@@ -108,55 +102,6 @@ def artifact_runner(fmt: str, path: Path, inputs: list[dict], outputs: list[dict
     return ArtifactRunner(inner, inputs, outputs)
 
 
-def component_runner(bundle: Bundle, name: str, threads: int | None = None) -> Runner:
-    entries = bundle.manifest["components"]
-    if name not in entries:
-        raise ToolkitError(f"bundle {bundle.root} has no component {name!r} (it has {', '.join(entries)})")
-    entry = entries[name]
-    return artifact_runner(entry["format"], bundle.path(entry["file"]), entry["inputs"], entry["outputs"], threads)
-
-
-def bundle_runners(bundle: Bundle, names: tuple[str, ...], threads: int | None = None) -> dict[str, Runner]:
-    missing = [n for n in names if n not in bundle.manifest["components"]]
-    if missing:
-        raise ToolkitError(f"bundle {bundle.root} lacks {', '.join(missing)} (a partial build?)")
-    return {n: component_runner(bundle, n, threads) for n in names}
-
-
-# --- prompt cache ---------------------------------------------------------------------------------
-
-class PromptCache:
-    """Text-encoder outputs of fixed concepts, looked up by token ids."""
-
-    def __init__(self, token_ids: np.ndarray, text_features: np.ndarray, text_mask: np.ndarray,
-                 concepts: list[str]):
-        self.entries = {tuple(ids.tolist()): (text_features[i], text_mask[i]) for i, ids in enumerate(token_ids)}
-        self.concepts = concepts
-        self.hits = 0
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> PromptCache | None:
-        info = bundle.manifest["prompt_cache"]
-        if info is None:
-            return None
-        try:
-            with np.load(bundle.path(info["file"])) as z:  # allow_pickle=False: object arrays are refused
-                arrays = [np.asarray(z[k]) for k in ("token_ids", "text_features", "text_mask")]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise BundleError(f"bundle {bundle.root}: {info['file']} is not a prompt cache: {_one_line(e)}") from e
-        if len({len(a) for a in arrays} | {len(info["concepts"])}) != 1:
-            raise BundleError(f"bundle {bundle.root}: {info['file']} does not hold one entry per concept")
-        return cls(*arrays, list(info["concepts"]))
-
-    def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
-        found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
-        if found is None:
-            return None
-        self.hits += 1
-        features, mask = found
-        return {"text_features": features[:, None], "text_mask": mask[None]}
-
-
 # --- the image pipeline's detector ------------------------------------------------------------------
 
 def _torch(x: np.ndarray) -> Tensor:
@@ -171,11 +116,8 @@ class RunnerDetector:
     manifest's names, so a bundle's stage dump compares with the reference's.
     """
 
-    def __init__(self, runners: Mapping[str, Runner], prompt_cache: PromptCache | None = None,
-                 tokenizer: Tokenizer | None = None):
+    def __init__(self, runners: Mapping[str, Runner]):
         self.runners = runners
-        self.prompt_cache = prompt_cache
-        self.tokenizer = tokenizer  # the bundle's (ImageSegmenter takes it from here)
 
     def eval(self) -> RunnerDetector:
         return self
@@ -193,10 +135,7 @@ class RunnerDetector:
         return out
 
     def encode_text(self, token_ids: Tensor, record: Recorder | None = None) -> dict[str, np.ndarray]:
-        ids = token_ids.numpy()
-        out = self.prompt_cache.lookup(ids) if self.prompt_cache is not None else None
-        if out is None:
-            out = self._run("text_encoder", token_ids=ids)
+        out = self._run("text_encoder", token_ids=token_ids.numpy())
         if record is not None:
             record("04_tokenizer", {"ids": token_ids})
             record("05d_forward_text", {"out.language_features": out["text_features"],
@@ -346,60 +285,3 @@ class RunnerTracker(VideoTracker):
         pointers = torch.stack([bank.payload(p.frame).obj_ptr for p in plan.pointers])
         distances = torch.tensor([p.distance for p in plan.pointers], dtype=torch.int64)
         return memory, slots, pointers, distances, plan.max_ptr_distance
-
-
-class BundleTokenizer(Tokenizer):
-    """The CLIP BPE tokenizer over the bundle's own vocabulary file, not the toolkit's packaged
-    copy: a bundle runs with nothing else. Same algorithm as `toolkit.tokenizer.Tokenizer`."""
-
-    def __init__(self, bundle: Bundle):
-        rel = bundle.manifest["tokenizer"]["vocabulary"]
-        try:
-            lines = gzip.decompress(bundle.path(rel).read_bytes()).decode("utf-8").split("\n")
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
-            raise BundleError(f"bundle {bundle.root}: {rel} is not a gzip-compressed BPE vocabulary: "
-                              f"{_one_line(e)}") from e
-        merges = [tuple(line.split()) for line in lines[1:1 + clip_bpe.NUM_MERGES]]
-        if len(merges) != clip_bpe.NUM_MERGES or any(len(m) != 2 for m in merges):
-            raise BundleError(f"bundle {bundle.root}: {rel} is not a CLIP BPE vocabulary "
-                              f"({clip_bpe.NUM_MERGES} merges expected)")
-        byte_chars = clip_bpe._byte_alphabet()
-        base = sorted(byte_chars)
-        symbols = [*base, *(c + clip_bpe.END_OF_WORD for c in base), *("".join(pair) for pair in merges),
-                   clip_bpe.START_TOKEN, clip_bpe.END_TOKEN]
-        self.vocab = clip_bpe._Vocabulary(byte_chars, {s: i for i, s in enumerate(symbols)},
-                                          {pair: rank for rank, pair in enumerate(merges)})
-        declared = bundle.manifest["tokenizer"]
-        if (declared["start_id"], declared["end_id"]) != (self.start_id, self.end_id):
-            raise BundleError(f"bundle {bundle.root}: the manifest's start/end ids {declared['start_id']}/"
-                              f"{declared['end_id']} are not those of {rel} ({self.start_id}/{self.end_id})")
-
-    @property
-    def start_id(self) -> int:
-        return self.vocab.token_ids[clip_bpe.START_TOKEN]
-
-    @property
-    def end_id(self) -> int:
-        return self.vocab.token_ids[clip_bpe.END_TOKEN]
-
-    def encode(self, text: str) -> list[int]:
-        ids = []
-        for piece in clip_bpe._PIECE_PATTERN.findall(clip_bpe.clean_text(text)):
-            if piece in (clip_bpe.START_TOKEN, clip_bpe.END_TOKEN):
-                ids.append(self.vocab.token_ids[piece])
-                continue
-            word = "".join(self.vocab.byte_chars[b] for b in piece.encode("utf-8"))
-            ids.extend(self.vocab.token_ids[s] for s in clip_bpe._bpe(word, self.vocab.merge_rank))
-        return ids
-
-
-def bundle_detector(bundle: Bundle, threads: int | None = None) -> RunnerDetector:
-    """The detector `ImageSegmenter` (the pipeline of `toolkit segment`) runs, over the bundle's
-    detector components, with the bundle's tokenizer vocabulary."""
-    tokenizer = BundleTokenizer(bundle)
-    return RunnerDetector(bundle_runners(bundle, DETECTOR_COMPONENTS, threads), PromptCache.from_bundle(bundle),
-                          tokenizer)
-
-
-def video_tracker(bundle: Bundle, threads: int | None = None) -> RunnerTracker:
-    return RunnerTracker(bundle_runners(bundle, TRACKER_COMPONENTS, threads))

@@ -1,8 +1,7 @@
-"""CLIP byte-level BPE over a bundle's own vocabulary file (torch-free).
-
-The same algorithm as `toolkit.tokenizer` (upstream's SimpleTokenizer with "lower" cleaning:
+"""CLIP byte-level BPE over a vocabulary file (torch-free): the toolkit's one implementation
+(`toolkit.tokenizer` wraps it for PyTorch). Upstream's SimpleTokenizer with "lower" cleaning:
 ftfy, HTML unescaped twice, whitespace collapsed, lower-case; ids = start, BPE ids, end, zero
-padding to 77). Token ids must match the text encoder's training, so the rules are not simplified.
+padding to 77. Token ids must match the text encoder's training, so the rules are not simplified.
 """
 from __future__ import annotations
 
@@ -96,11 +95,13 @@ class BpeTokenizer:
         """Refuse an empty prompt (nothing visible after cleaning) or one longer than the context."""
         cleaned = self.clean(text)
         if not any(unicodedata.category(c)[0] not in "CZ" for c in cleaned):
-            raise RuntimeInputError("the text prompt is empty")
+            raise RuntimeInputError("the text prompt is empty" + ("" if not text.strip() else
+                                                                  " (only whitespace, control or format characters)"))
         tokens = len(self.encode(text))
         if tokens > MAX_PROMPT_TOKENS:
             raise RuntimeInputError(f"the text prompt is {tokens} tokens long; the text encoder takes at most "
-                                    f"{MAX_PROMPT_TOKENS}: shorten it")
+                                    f"{MAX_PROMPT_TOKENS} (a context of {CONTEXT_LENGTH} with start and end): "
+                                    "shorten it")
 
     def __call__(self, text: str) -> np.ndarray:
         ids = [self.start_id, *self.encode(text), self.end_id]
