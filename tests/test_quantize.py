@@ -625,6 +625,8 @@ def test_sensitivity_report(convnet_onnx, tmp_path):
     rows = op_type_sensitivity(convnet_onnx, lambda: iter(calibration), lambda: iter(evaluation))
     by_type = {r["op_type"]: r for r in rows}
     assert by_type["Conv"]["nodes"] == 2 and 20 < by_type["Conv"]["sqnr_db"] < 300
+    # an operator type quantized only after a quantized input is a row that says so, not a perfect score
+    assert by_type["Relu"] == {"op_type": "Relu", "nodes": 1, "error": "not quantized on its own"}
     sqnrs = [r["sqnr_db"] for r in rows if "sqnr_db" in r]
     assert sqnrs == sorted(sqnrs)  # worst first
 

@@ -22,7 +22,6 @@ bundles), the hook signature stays `recorder(component_name, feeds)`.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -210,8 +209,8 @@ def record_feeds(runners: Mapping[str, Runner], calibration_set, out_dir: str | 
     whose runners are absent is skipped). Returns the store and the recorder's summary."""
     from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
     root = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="esam3-calib-"))
-    if out_dir is not None and root.exists():
-        shutil.rmtree(root)
+    if out_dir is not None and root.exists() and any(root.iterdir()):
+        raise ToolkitError(f"{root} is not empty: calibration feeds are recorded into an empty or new folder")
     store = FeedStore(root)
     recorder = FeedRecorder(store, samples, frozenset(components) if components else None)
     part = calibration_set.part(part)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from .gate import LadderResult, QuantSettings
-from .ort import STREAMING, _preprocess, _reader
+from .ort import STREAMING, _preprocess, _reader, qdq_summary
 from .stage import QuantizeError
 
 FIGURES = ("sqnr_db", "cosine", "max_rel", "mask_iou")
@@ -62,6 +62,9 @@ def op_type_sensitivity(src: str | Path, calibration: Callable[[], Iterator[Mapp
                                     activation_type=QuantType.QInt8 if settings.activation_type == "int8"
                                     else QuantType.QUInt8, weight_type=QuantType.QInt8,
                                     calibrate_method=methods[settings.method], extra_options=extra)
+                if not qdq_summary(dst)["QuantizeLinear"]:  # e.g. Relu, Resize: quantized only after a quantized input
+                    rows.append({"op_type": op_type, "nodes": count, "error": "not quantized on its own"})
+                    continue
                 figures = measure_component(reference, OrtRunner(dst), evaluation(), masks)["figures"]
             except Exception as err:  # noqa: BLE001 - a type the quantizer cannot take alone is a row, not a crash
                 rows.append({"op_type": op_type, "nodes": count, "error": f"{type(err).__name__}: {err}"[:200]})
