@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import tempfile
 import time
 from collections import Counter
@@ -148,7 +149,26 @@ def _reader(source: FeedSource, model_path: Path) -> _StreamReader:
     return Reader(source, [v.name for v in inputs], dtypes)
 
 
+@contextlib.contextmanager
+def _cwd(path: Path):
+    """onnxruntime's symbolic shape inference, when it cannot infer every shape (the text encoder),
+    saves the model with its weights as external data into the *current directory*
+    (sym_shape_infer_temp.onnx + a 250 MB data file) before giving up: run it inside a temporary one."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _preprocess(src: Path, dst: Path, notes: list[str]) -> Path:
+    src, dst = src.resolve(), dst.resolve()
+    with _cwd(dst.parent):
+        return _preprocess_here(src, dst, notes)
+
+
+def _preprocess_here(src: Path, dst: Path, notes: list[str]) -> Path:
     from onnxruntime.quantization import quant_pre_process
     quiet = io.StringIO()
     try:
