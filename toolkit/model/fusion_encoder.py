@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .chunked_attention import multihead_attention
+
 
 class FusionEncoderLayer(nn.Module):
     """Pre-norm block: self-attention, cross-attention to `memory`, ReLU FFN; each residual.
@@ -26,6 +28,9 @@ class FusionEncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
+        # The fusion encoder's 5184-token self-attention runs over query chunks (memory); the
+        # geometry encoder reuses this layer on a few dynamic tokens, unchunked.
+        self.chunked_self_attention = False
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_pos: Tensor | None = None,
                 memory_pos: Tensor | None = None,
@@ -33,7 +38,10 @@ class FusionEncoderLayer(nn.Module):
         """tgt (T, B, C), memory (S, B, C), memory_padding_mask (B, S) True = padding."""
         x = self.norm1(tgt)
         q = x if tgt_pos is None else x + tgt_pos
-        tgt = tgt + self.self_attn(q, q, x, need_weights=False)[0]
+        if self.chunked_self_attention:
+            tgt = tgt + multihead_attention(self.self_attn, q, q, x)
+        else:
+            tgt = tgt + self.self_attn(q, q, x, need_weights=False)[0]
         x = self.norm2(tgt)
         keys = memory if memory_pos is None else memory + memory_pos
         tgt = tgt + self.cross_attn_image(
@@ -55,6 +63,8 @@ class FusionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             FusionEncoderLayer(d_model, num_heads, ffn_dim) for _ in range(num_layers)
         )
+        for layer in self.layers:
+            layer.chunked_self_attention = True
 
     def forward(self, image_features: Tensor, image_pos: Tensor, prompt: Tensor,
                 prompt_mask: Tensor) -> dict[str, Tensor]:

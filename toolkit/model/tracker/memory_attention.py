@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..chunked_attention import chunked_sdpa
 from .rope import axial_rope_tables, rotate
 
 DIM = 256
@@ -51,7 +52,7 @@ class RoPEAttention(nn.Module):
         if k_extra is not None:
             k = torch.cat([k, self.k_proj(k_extra)], dim=1)
             v = torch.cat([v, self.v_proj(v_extra)], dim=1)
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        out = chunked_sdpa(q[:, None], k[:, None], v[:, None])[:, 0]  # over query chunks: memory
         return self.out_proj(out)
 
 
