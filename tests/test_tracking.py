@@ -240,13 +240,39 @@ def test_track_reproduces_every_golden_stage(golden_track):
     assert len(results) == 87
 
 
+@pytest.fixture(scope="module")
+def golden_track_upstream_mask(tmp_path_factory):
+    """`toolkit track` on the golden clip with the prompted frame's memory encoded from upstream's own
+    mask (its stored 288 logits, resized and binarised the same way) instead of ours: our logits
+    differ from upstream's by float error, and on some CPUs a few pixels near 0 flip and change the
+    conditioning memory (see test_binarisation_flips_are_explained). With the binarisation at a
+    boundary both sides share, what remains is the pipeline's memory bank. Returns the dump."""
+    import torch.nn.functional as F
+
+    from toolkit.golden import stage_tensor
+    from toolkit.pipeline import video
+    upstream = F.interpolate(torch.from_numpy(stage_tensor("trk_f0_prompt__07_track_step", "out.pred_masks")),
+                             size=(1008, 1008), mode="bilinear", align_corners=False)
+    ours = video.memory_mask_probability
+
+    def shared(logits, from_points):
+        return ours(upstream if from_points else logits, from_points)
+    dump = tmp_path_factory.mktemp("track-upstream-mask") / "stages"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(video, "memory_mask_probability", shared)
+        assert main(["track", "--frames", FRAMES, "--point", CLICK, "--out", str(dump.parent / "out"),
+                     "--save-intermediates", str(dump)]) == 0
+    return load_dump(dump)
+
+
 @pytest.mark.full
 @pytest.mark.parametrize("frame", [1, 2])
-def test_memory_attention_is_exact(golden_track, frame):
+def test_memory_attention_is_exact(golden_track_upstream_mask, frame):
     """The memory bank equals upstream's: memory attention within BANK_EXACT_RTOL (the golden tolerance
     would also accept a bank with one pointer too many; see conftest for the measured separation)."""
     stage = f"trk_f{frame}_propagate__05_memory_attention"
-    result = compare_tensor(stage, "out.memory", golden_track[1][stage[4:]]["out.memory"], load_stage(stage))
+    result = compare_tensor(stage, "out.memory", golden_track_upstream_mask[stage[4:]]["out.memory"],
+                            load_stage(stage))
     assert result["max_abs"] <= BANK_EXACT_RTOL * result["max_ref"], result["message"]
 
 
