@@ -75,6 +75,17 @@ def test_mask_choice_equals_the_reference():
         np.testing.assert_array_equal(g, r.numpy())
 
 
+def test_tokenizer_ids_equal_the_reference():
+    from importlib.resources import files
+
+    from toolkit.runtime.tokenizer import BpeTokenizer
+    from toolkit.tokenizer import Tokenizer
+    ours = BpeTokenizer(Path(str(files("toolkit").joinpath("data", "bpe_simple_vocab_16e6.txt.gz"))))
+    for text in ("person", "a red cup", "  Caf\u00e9 &amp; <b>na\u00efve</b> r\u00e9sum\u00e9's  ", "don't 42 \u4eba",
+                 "x " * 90):
+        np.testing.assert_array_equal(ours(text), Tokenizer()(text).numpy())
+
+
 def test_the_runtime_imports_no_torch_and_only_the_shared_modules():
     code = ("import sys, toolkit.runtime, toolkit.runtime.cli; "
             "print(json.dumps(['torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('toolkit.') "

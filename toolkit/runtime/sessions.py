@@ -1,10 +1,12 @@
 """ONNX Runtime sessions over a bundle's artifacts, chosen for memory, loaded when needed.
 
-Memory choices (measured in benchmarks/results, see README *Runtime*):
-- no CPU memory arena: the arena keeps the largest working set of every call reserved for the
-  session's lifetime; without it freed activations go back to the process;
+Memory choices (measured: benchmarks/results/2026-12-02-runtime-memory.md):
+- the CPU arena shrinks at the end of every run (run option `memory.enable_memory_arena_shrinkage`):
+  within a run freed buffers are reused (as fast as the default arena), between runs the memory goes
+  back to the process instead of staying reserved for the session's lifetime. Without any arena,
+  every large tensor is a fresh mmap (page faults: 10-25 % slower per call, measured);
 - no memory pattern: the pattern pre-allocates one block for all intermediates of a shape, which
-  holds the peak even where ORT could have released earlier buffers;
+  holds the peak even where buffers could have been released earlier;
 - `.ort` files: ORT keeps the file's bytes and points the initializers into them
   (`session.use_ort_model_bytes_directly` / `..._for_initializers`): no second copy of the weights;
 - sessions are created on first use and released by the pipelines as soon as a component is not
@@ -33,9 +35,16 @@ def session_options(threads: int | None = None, lean: bool = True):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     if lean:
-        so.enable_cpu_mem_arena = False
         so.enable_mem_pattern = False
     return so
+
+
+def run_options(lean: bool = True):
+    import onnxruntime as ort
+    options = ort.RunOptions()
+    if lean:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 class Sessions:
@@ -44,6 +53,7 @@ class Sessions:
     def __init__(self, bundle: Bundle, threads: int | None = None, lean: bool = True):
         self.bundle, self.threads, self.lean = bundle, threads, lean
         self._open: dict[str, object] = {}
+        self.run_options = run_options(lean)
         self.loads: list[str] = []  # every session creation, in order (tests and benchmarks read it)
 
     def _entry(self, name: str) -> dict:
@@ -85,7 +95,7 @@ class Sessions:
         for e in entry["inputs"]:
             x = np.asarray(feeds[e["name"]]).astype(e["artifact_dtype"], copy=False)
             converted[e["name"]] = x.reshape(1) if not e["shape"] and e["artifact_shape"] == [1] else x
-        values = self._open[name].run([e["name"] for e in entry["outputs"]], converted)
+        values = self._open[name].run([e["name"] for e in entry["outputs"]], converted, self.run_options)
         out = {}
         for e, y in zip(entry["outputs"], values):
             y = y != 0 if e["dtype"] == "bool" and y.dtype != bool else y.astype(e["dtype"], copy=False)
