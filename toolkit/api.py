@@ -338,30 +338,41 @@ def list_targets() -> list:
 
 def build(target: str, out: str | Path, checkpoint_path: str | Path | None = None, concepts: str | Path | None = None,
           components: list[str] | None = None, cache_dir: str | Path | None = None, force: bool = False,
-          archive: bool = False, progress=lambda message: None):
+          archive: bool = False, precision: str | None = None, calibration: str | Path | None = None,
+          progress=lambda message: None):
     """`toolkit build`: the bundle of `target` (a name or a .toml path) under `out`; returns the
-    `toolkit.build.BuildReport`. Without a checkpoint it uses the embedded default and says so."""
+    `toolkit.build.BuildReport`. Without a checkpoint it uses the embedded default and says so.
+    `precision` overrides the target file's (`--precision`); `calibration`: the calibration set
+    directory of the quantized precisions (default: the shipped `calibration/`)."""
     from .build import read_concepts, run_build
     from .outputs import guard_outputs
     from .targets import find_target
     # the export cache is read as well as written: the bundle folder may not hold it either
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--concepts": concepts, "--cache": cache_dir,
-                                   "--target": target if Path(target).is_file() else None})
+                                   "--target": target if Path(target).is_file() else None,
+                                   "--calibration": calibration})
     spec = find_target(target, progress)
+    if precision is not None:
+        spec = spec.with_precision(precision, progress)
+    if calibration is not None and spec.quantized():
+        from .quantize import CalibrationSet
+        CalibrationSet.load(calibration)  # a bad set is one line before any model is built
     concept_list = read_concepts(concepts) if concepts else None
     if checkpoint_path is None:
         progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
     weights = checkpoint.resolve_weights(checkpoint_path)
     return run_build(spec, out, weights.state, weights.label, weights.embedded_default, str(checkpoint_path) if checkpoint_path else None,
-                     concept_list, components, cache_dir, force, archive, progress=progress)
+                     concept_list, components, cache_dir, force, archive, calibration_dir=calibration,
+                     progress=progress)
 
 
 def verify(bundle: str | Path, checkpoint_path: str | Path | None = None, parity: bool = True,
-           components: list[str] | None = None, progress=lambda message: None):
+           components: list[str] | None = None, calibration: str | Path | None = None,
+           progress=lambda message: None):
     """`toolkit verify`: schema, checksums and parity of a bundle directory or archive; returns the
     `toolkit.verify_bundle.VerifyReport` (a bad schema or file raises a one-line ToolkitError)."""
     from .verify_bundle import verify_bundle
-    return verify_bundle(bundle, checkpoint_path, parity, components, progress=progress)
+    return verify_bundle(bundle, checkpoint_path, parity, components, progress=progress, calibration=calibration)
 
 
 def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = None, prompt: str | None = None,

@@ -136,9 +136,14 @@ class _Job:
     """One build: the target, the weights, the export cache, the bundle being written."""
 
     def __init__(self, target: Target, state: Mapping[str, Tensor], label: str, root: Path, cache_dir: Path,
-                 golden: bool | None, progress: Callable[[str], None], names: list[str]):
+                 golden: bool | None, progress: Callable[[str], None], names: list[str],
+                 calibration_dir: str | Path | None = None):
         self.target, self.state, self.label, self.root, self.cache_dir = target, state, label, root, cache_dir
         self.progress = progress
+        self.calibration_dir = calibration_dir
+        self._calibration = None
+        self.quantized_sources: dict[str, Path] = {}  # component -> the gated quantized artifact the stages start from
+        self.quantization: dict[str, dict] = {}  # component -> its ladder, figures and settings (manifest)
         self.reference = Reference(state, golden, progress, names)
         self.export_rows: dict[tuple[str, str], dict] = {}
         self.entries: dict[str, dict] = {}
@@ -164,6 +169,52 @@ class _Job:
         row = self.export_rows[name, fmt]
         return (self.cache_dir / row["file"] if row["ok"] else None), row
 
+    # --- quantization ------------------------------------------------------------------------------
+    @property
+    def calibration(self):
+        """The build's calibration (toolkit.quantize.session): the set loaded, the feeds recorded by the
+        fp32 pipelines on first need, streamed to a temporary folder under the export cache."""
+        if self._calibration is None:
+            import tempfile
+
+            from .quantize.session import Calibration
+            quantized = [n for n, p in self.final_plans.items()
+                         if p.precision not in ("fp32", BACKENDS[p.format].precisions[0])]
+            work = tempfile.mkdtemp(prefix=".calibration-", dir=self.cache_dir)
+            self._calibration = Calibration(self.target.quantization, quantized, self.reference.graphs,
+                                            self.calibration_dir, work, self.progress)
+            self._calibration._own_work = True  # removed with the build (close)
+        return self._calibration
+
+    def torch_runner(self, name: str):
+        """The fp32 PyTorch reference of a component, as a runner (what the gate compares with)."""
+        from .runners.torch_runner import TorchRunner
+        comp = COMPONENTS[name]
+        return TorchRunner(self.reference.graphs[name], comp.input_names, comp.output_names)
+
+    def set_precision(self, name: str, precision: str) -> None:
+        """The precision the gate chose: what the next stages and the manifest see."""
+        from dataclasses import replace
+        self.final_plans[name] = replace(self.final_plans[name], precision=precision)
+
+    def verify_quantized(self, name: str, entry: dict) -> dict:
+        """A quantized artifact's verification: the gate's alone figures measured again on this very file
+        (the .ort conversion or the TensorRT-ready graph may differ from what the ladder measured), the
+        end-to-end figures of the quantize stage; passed or failed by the gate."""
+        from .bundle_runtime import artifact_runner
+        self.progress(f"{name} [{entry['format']} {entry['precision']}]: measuring against the accuracy gate")
+        from .convert.cache import file_sha256
+        record = self.quantization[name]
+        path = self.root / entry["file"]
+        if record.get("alone") and file_sha256(path) == file_sha256(self.quantized_sources[name]):
+            alone = record["alone"]  # this very file was measured by the ladder
+        else:
+            runner = artifact_runner(entry["format"], path, entry["inputs"], entry["outputs"])
+            alone = self.calibration.alone(name, self.torch_runner(name), runner, COMPONENTS[name].masks)
+        return gate_verification(alone,
+                                 record, self.target.quantization.for_component(name).gate,
+                                 BACKENDS[entry["format"]].runtime())
+
     # --- verification --------------------------------------------------------------------------
     def verify(self, name: str, entry: dict) -> dict:
         self.progress(f"{name} [{entry['format']}]: verifying against PyTorch")
@@ -173,6 +224,19 @@ class _Job:
                                 ".github/workflows/macos-parity.yml); the package spec was checked here")
         self.reference.forget(COMPONENTS[name])
         return result
+
+
+def gate_verification(alone: dict, record: dict, gate, runtime: str) -> dict:
+    """The verification entry of a quantized artifact: its alone figures on the evaluation part and the
+    end-to-end figures recorded by the quantize stage, each checked against the gate."""
+    failures = [f"alone: {f}" for f in gate.check(alone["figures"])]
+    failures += [f"end to end: {f}" for f in record["end_to_end"]["failures"]]
+    return {"status": "failed" if failures else "passed", "runtime": runtime,
+            "verified_by": f"accuracy gate on the evaluation part ({alone['samples']} samples alone; the pipelines "
+                           "end to end), not the fp32 tolerance",
+            "failures": failures, "gate": {k: v for k, v in gate.to_dict().items() if v is not None},
+            "figures": alone["figures"], "end_to_end_figures": record["end_to_end"]["figures"],
+            "max_abs_error": alone["figures"].get("max_abs")}
 
 
 def _prompt_cache(job: _Job, concepts: list[str]) -> dict:
@@ -234,7 +298,7 @@ def _engines(job: _Job, tensorrt_plans: list[ComponentPlan]) -> dict:
 def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weights_label: str,
               embedded_default: bool, checkpoint_path: str | None = None, concepts: list[str] | None = None,
               components: list[str] | None = None, cache_dir: str | Path | None = None, force: bool = False,
-              archive: bool = False, golden: bool | None = None,
+              archive: bool = False, golden: bool | None = None, calibration_dir: str | Path | None = None,
               progress: Callable[[str], None] = lambda message: None) -> BuildReport:
     start = time.perf_counter()
     names = list(components or COMPONENTS)
@@ -247,9 +311,14 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(digest)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with fresh_output_dir(out, force) as root:
-        job = _Job(target, state, weights_label, root, cache_dir, golden, progress, names)
+        job = _Job(target, state, weights_label, root, cache_dir, golden, progress, names, calibration_dir)
         plans = {n: target.plans[n] for n in names}
-        entries = _build_components(job, plans)
+        try:
+            entries = _build_components(job, plans)
+            quantization = _quantization(job)
+        finally:
+            if job._calibration is not None:
+                job._calibration.close()
         manifest = {
             "schema": SCHEMA_ID,
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -260,6 +329,7 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
             "prompt_cache": _prompt_cache(job, concepts) if concepts else None,
             "dims": {d.name: {"min": d.min, "typical": d.typical, "max": d.max, "doc": d.doc} for d in DIMS.values()},
             "components": entries,
+            "quantization": quantization,
             "engines": _engines(job, [p for n, p in job.final_plans.items() if p.format == "tensorrt"])
             if any(p.format == "tensorrt" for p in job.final_plans.values()) else None,
             "ort": {"required_operators": "required_operators.config",
@@ -283,6 +353,7 @@ def run_build(target: Target, out: str | Path, state: Mapping[str, Tensor], weig
         archive_path = str(create_archive(out, out.with_name(out.name + ".tar.gz")))
         progress(f"archive {archive_path}")
     rows = [{"component": n, **{k: e[k] for k in ("format", "precision", "file")},
+             "requested": e["quantization"]["requested"] if e.get("quantization") else e["precision"],
              "status": e["verification"]["status"], "fallback_from": e.get("fallback_from"),
              "max_abs_error": e["verification"].get("max_abs_error"), "reason": e["verification"].get("reason", "")}
             for n, e in entries.items()]
@@ -300,8 +371,9 @@ def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, d
         for fmt in dict.fromkeys(p.format for p in todo.values()):
             backend = BACKENDS[fmt]
             group = [p for p in todo.values() if p.format == fmt]
-            for stage in backend.stages:
-                failed.update(stage(job, backend, [p for p in group if p.component not in failed]))
+            for stage in backend.stages:  # the plans as the stages before left them (the quantize stage's precision)
+                failed.update(stage(job, backend, [job.final_plans[p.component] for p in group
+                                                   if p.component not in failed]))
         retry = {}
         for name, reason in failed.items():
             plan = todo[name]
@@ -309,6 +381,7 @@ def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, d
                 raise ToolkitError(f"{name}: {plan.format} failed and the target has no fallback for it: {reason}")
             job.progress(f"{name}: {plan.format} failed ({reason[:200]}); falling back to {plan.fallback}")
             retry[name] = plan.fallback_plan()
+            job.quantized_sources.pop(name, None)  # the fallback format starts again from its own export
             job.final_plans[name] = retry[name]
             job.fallbacks[name] = (plan.format, reason)
         if not retry:
@@ -321,7 +394,21 @@ def _build_components(job: _Job, plans: dict[str, ComponentPlan]) -> dict[str, d
         entries[name] = {"doc": COMPONENTS[name].doc, "format": plan.format, "precision": plan.precision,
                          "compression": plan.compression, "fallback_from": source[0] if source else None,
                          "fallback_reason": source[1] if source else None, "note": plan.note, **entry}
+        if name in job.quantization and job.quantization[name]["format"] == plan.format:
+            entries[name]["quantization"] = job.quantization[name]
     return entries
+
+
+def _quantization(job: _Job) -> dict | None:
+    """The manifest's quantization section: the calibration set and settings (null: nothing quantized)."""
+    if job._calibration is None:
+        return None
+    cal = job.calibration
+    return {"calibration": cal.describe(), "settings": job.target.quantization.to_dict(),
+            "precision_override": job.target.precision_override,
+            "caveat": "the gate measured this checkpoint's activations on this calibration set; with the embedded "
+                      "default (untrained) weights the figures say how the quantizers treat those activations, "
+                      "not the trained model's"}
 
 
 

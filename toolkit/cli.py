@@ -142,11 +142,12 @@ def _build(args) -> None:
     components = [name for group in args.components for name in group] or None
     out = args.out or str(Path("bundles") / Path(args.target).stem)
     report = build(args.target, out, args.checkpoint, args.concepts, components, args.cache, args.force, args.archive,
-                   progress=_progress)
+                   args.precision, args.calibration, progress=_progress)
     print(f"weights: {report.weights}")
     width = max(len(r["component"]) for r in report.rows)
     for r in report.rows:
         extra = f" (fallback from {r['fallback_from']})" if r["fallback_from"] else ""
+        extra += f" (gate: {r['requested']} stepped down)" if r["requested"] != r["precision"] else ""
         err = "" if r["max_abs_error"] is None else f", max abs error {r['max_abs_error']:.2e}"
         print(f"  {r['component']:{width}}  {r['format']:8} {r['precision']}  {r['status']}{err}{extra}")
     for note in report.notes:
@@ -160,7 +161,7 @@ def _verify(args) -> None:
     from .machine import cpu_line
     from .verify_bundle import format_rows
     components = [name for group in args.components for name in group] or None
-    report = verify(args.bundle, args.checkpoint, not args.no_parity, components, progress=_progress)
+    report = verify(args.bundle, args.checkpoint, not args.no_parity, components, args.calibration, progress=_progress)
     if args.report:
         from .verify_bundle import write_report
         _progress(f"report: {write_report(report, args.report)}")
@@ -315,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build only these components (a partial bundle; default: all 13)")
     s.add_argument("--cache", metavar="DIR", help="export cache (default: ~/.cache/esam3-toolkit/export/<weights>)")
     s.add_argument("--archive", action="store_true", help="also write DIR.tar.gz")
+    s.add_argument("--precision", choices=["int8", "int8-weights", "int4-weights", "palette6", "palette4", "fp16",
+                                           "fp32"],
+                   help="override the target file's precision for every component whose format produces it "
+                        "(quantized precisions are gated and step down their format's ladder)")
+    s.add_argument("--calibration", metavar="DIR", help="calibration set for quantized precisions: images/ (optional "
+                   "prompts.txt, frames/); default: the shipped calibration/ set")
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
     s.set_defaults(func=_build)
 
@@ -326,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="the checkpoint the bundle was built from (not needed for the embedded default)")
     s.add_argument("--no-parity", action="store_true", help="only the schema and the checksums")
     s.add_argument("--report", metavar="FILE", help="write the report (every row and failure) as JSON to FILE")
+    s.add_argument("--calibration", metavar="DIR", help="the calibration set a quantized bundle was built with, when it "
+                   "is not the shipped one (quantized artifacts are re-measured against the manifest's gate on it)")
     s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
                    help="check the parity of these components only")
     s.set_defaults(func=_verify)

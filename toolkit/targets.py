@@ -21,6 +21,17 @@ A target file says, per component, which artifact the bundle gets and how it is 
     compression = "linear8"
     note = "why"                      # shown by `toolkit targets`, kept in the manifest
 
+    [quantization]                    # calibration and the accuracy gate of quantized precisions
+    samples = 4                       #   (toolkit.quantize.gate.QuantSettings: method, per_channel,
+    [quantization.gate]               #   activation_type, keep_float, ...; gate thresholds)
+    min_sqnr_db = 20.0
+
+Precisions: fp32 | fp16 | int8 | int8-weights | int4-weights | palette6 | palette4, as the format
+allows (its backend's `precisions`). A quantized precision is measured against fp32 at build time
+and steps down the format's ladder (its backend's `ladder`) when it fails the gate.
+`--precision P` (`Target.with_precision`) overrides the file for every component whose format
+can produce P.
+
     family = "jetson"                 # optional: `--target jetson` means the family's default,
     family_default = true             #   the one target of the family with family_default = true
 
@@ -36,7 +47,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -50,17 +61,18 @@ from .backends import BACKENDS
 from .backends.coreml import COMPRESSIONS
 from .components import COMPONENTS, IMAGE_SIZE
 from .errors import ToolkitError
+from .quantize.gate import QuantSettings
 
 SCHEMA = 1
 PROJECT_TARGETS = Path(__file__).resolve().parents[1] / "targets"
 
 # What each format is, the precisions it produces and its settings table: its backend's (toolkit/backends).
 FORMATS = {name: b.description for name, b in BACKENDS.items()}
-PRECISIONS = {name: b.precisions for name, b in BACKENDS.items()}
+PRECISIONS = {name: b.buildable() for name, b in BACKENDS.items()}  # what `toolkit build` makes per format
 FORMAT_SETTINGS = {name: dict(b.settings) for name, b in BACKENDS.items()}
 _COMPONENT_KEYS = {"format", "precision", "opset", "fallback", "compression", "note"}
 _TOP_KEYS = {"schema", "name", "description", "image_size", "defaults", "components", "family", "family_default",
-             *FORMAT_SETTINGS}
+             "quantization", *FORMAT_SETTINGS}
 
 
 @cache
@@ -95,6 +107,26 @@ class Target:
     settings: dict[str, dict] = field(default_factory=dict)
     family: str | None = None
     family_default: bool = False
+    quantization: QuantSettings = field(default_factory=QuantSettings)
+    precision_override: str | None = None  # --precision
+
+    def quantized(self) -> list[str]:
+        """Components planned at a precision other than their format's unquantized ones (fp32, fp16)."""
+        return [n for n, p in self.plans.items() if p.precision not in ("fp32", "fp16")]
+
+    def with_precision(self, precision: str, progress: Callable[[str], None] = lambda message: None) -> Target:
+        """The target with every component at `precision` where its format produces it (`--precision`);
+        the others keep the file's precision, said through `progress`. None of them: one-line error."""
+        takes = {n: p for n, p in self.plans.items() if precision in PRECISIONS[p.format]}
+        if not takes:
+            offered = "; ".join(f"{f}: " + ", ".join(PRECISIONS[f]) for f in self.formats())
+            raise ToolkitError(f"--precision {precision}: no format of target {self.name} produces it ({offered})")
+        kept = sorted(set(self.plans) - set(takes))
+        if kept:
+            progress(f"--precision {precision}: {', '.join(kept)} keep the file's precision (their format "
+                     f"{', '.join(sorted({self.plans[n].format for n in kept}))} cannot produce {precision})")
+        plans = {n: replace(p, precision=precision) if n in takes else p for n, p in self.plans.items()}
+        return replace(self, plans=plans, precision_override=precision)
 
     def formats(self) -> list[str]:
         """Formats the bundle uses, fallbacks included, in FORMATS order."""
@@ -104,7 +136,8 @@ class Target:
     def to_json(self) -> dict:
         return {"name": self.name, "description": self.description, "file": Path(self.path).name,
                 "file_sha256": self.sha256, "image_size": self.image_size,
-                "settings": {f: s for f, s in self.settings.items() if f in self.formats()}}
+                "settings": {f: s for f, s in self.settings.items() if f in self.formats()},
+                "precision_override": self.precision_override}
 
 
 def _fail(path: Path, message: str):
@@ -125,7 +158,7 @@ def _plan(path: Path, name: str, values: dict) -> ComponentPlan:
     if fmt not in FORMATS:
         _fail(path, f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
     if precision not in PRECISIONS[fmt]:
-        _fail(path, f"{where}: format {fmt} takes precision {' or '.join(PRECISIONS[fmt])}, not {precision!r}")
+        _fail(path, f"{where}: format {fmt} takes precision {', '.join(PRECISIONS[fmt])}, not {precision!r}")
     if fallback is not None and fallback not in FORMATS:
         _fail(path, f"{where}: fallback {fallback!r} is not one of {', '.join(FORMATS)}")
     compression = values.get("compression", "none")
@@ -185,8 +218,15 @@ def load_target(path: str | Path) -> Target:
         _fail(path, "[ort] target_platform must be 'arm' or 'amd64'")
     if settings["ort"]["optimization_style"] not in ("Fixed", "Runtime"):
         _fail(path, "[ort] optimization_style must be 'Fixed' or 'Runtime'")
+    try:
+        quantization = QuantSettings.from_dict(data.get("quantization"))
+    except ToolkitError as e:
+        _fail(path, str(e))
+    unknown = sorted(set(quantization.components) - set(COMPONENTS))
+    if unknown:
+        _fail(path, f"[quantization.components]: unknown component(s) {unknown}; known: {', '.join(COMPONENTS)}")
     return Target(data["name"], data["description"], str(path), hashlib.sha256(raw).hexdigest(), image_size,
-                  plans, settings, data.get("family"), data.get("family_default", False))
+                  plans, settings, data.get("family"), data.get("family_default", False), quantization)
 
 
 def search_path() -> list[Path]:
@@ -263,4 +303,12 @@ def describe(target: Target) -> list[str]:
                          for fmt, s in target.settings.items() if s and fmt in target.formats())
     lines.append(f"  fallback: {', '.join(fallbacks) or 'none (a component the format cannot take fails the build)'}"
                  + (f"; {settings}" if settings else ""))
+    if target.quantized():
+        q, ladders = target.quantization, []
+        for plan in target.plans.values():
+            if plan.component in target.quantized():
+                ladders.append(" -> ".join(BACKENDS[plan.format].rungs(plan.precision)))
+        gate = ", ".join(f"{k}={v:g}" for k, v in q.gate.to_dict().items() if v is not None)
+        lines.append(f"  quantization: {q.method} calibration on {q.samples} samples, ladder "
+                     f"{'; '.join(dict.fromkeys(ladders))}; gate {gate}")
     return lines

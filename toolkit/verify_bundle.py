@@ -121,9 +121,66 @@ def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progres
     return state
 
 
+def _is_quantized(entry: dict) -> bool:
+    q = entry.get("quantization")
+    return bool(q) and entry["precision"] == q["chosen"] and "alone" in q
+
+
+def _calibration_for(manifest: dict, names: list[str], graphs, directory, progress):
+    """The build's calibration set and settings again (the digest must match), or (None, why)."""
+    from .quantize import CalibrationSet
+    from .quantize.gate import QuantSettings
+    from .quantize.session import Calibration
+    section = manifest["quantization"] or {}
+    settings_table = dict(section.get("settings") or {})
+    settings_table["gate"] = {k: v for k, v in (settings_table.get("gate") or {}).items() if v is not None}
+    settings = QuantSettings.from_dict(settings_table)
+    recorded = section.get("calibration", {}).get("digest")
+    candidates = [directory] if directory is not None else \
+        [d for d in (section.get("calibration", {}).get("directory"), None) if d is None or Path(d).is_dir()]
+    for candidate in candidates:
+        try:
+            found = CalibrationSet.load(candidate)
+        except ToolkitError:
+            continue
+        without_gate = {k: v for k, v in settings.to_dict().items() if k != "gate"}  # as Calibration.digest
+        if found.digest(without_gate) == recorded:
+            return Calibration(settings, names, graphs, candidate, progress=progress), None
+    return None, ("the calibration set the bundle was quantized with (digest "
+                  f"{str(recorded)[:12]}...) is not here: pass --calibration DIR to re-measure the gate")
+
+
+def verify_quantized(comp: Component, entry: dict, path: Path, reference: Reference, calibration) -> dict:
+    """A quantized artifact against the manifest's recorded gate: its alone figures measured again on the
+    evaluation part (the same metrics as the build's); the end-to-end figures are the build's, said so."""
+    from .quantize.gate import Gate
+    from .runners.torch_runner import TorchRunner
+    fmt = entry["format"]
+    reason = BACKENDS[fmt].unavailable()
+    if reason:
+        return {"status": "pending", "runtime": None, "reason": reason}
+    recorded = entry["verification"].get("gate") or {}
+    gate = Gate(**{k: recorded.get(k) for k in Gate().to_dict()})
+    try:
+        runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
+    except BundleError as e:
+        return {"status": "failed", "runtime": BACKENDS[fmt].runtime(), "cases": [], "failures": [f"{comp.name}: {e}"]}
+    reference_runner = TorchRunner(reference.graphs[comp.name], comp.input_names, comp.output_names)
+    alone = calibration.alone(comp.name, reference_runner, runner, comp.masks)
+    failures = [f"{comp.name}: alone: {f}" for f in gate.check(alone["figures"])]
+    return {"status": "failed" if failures else "passed", "runtime": BACKENDS[fmt].runtime(),
+            "checked": f"accuracy gate (alone, {alone['samples']} evaluation samples), re-measured here",
+            "failures": failures, "figures": alone["figures"], "gate": recorded,
+            "max_abs_error": alone["figures"].get("max_abs"),
+            "end_to_end": "recorded by the build (not re-run by verify): "
+                          + ", ".join(f"{k} {v:.4g}" for k, v in entry["verification"].get("end_to_end_figures",
+                                                                                           {}).items())}
+
+
 def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, parity: bool = True,
                   components: list[str] | None = None, golden: bool | None = None,
-                  progress: Callable[[str], None] = lambda message: None) -> VerifyReport:
+                  progress: Callable[[str], None] = lambda message: None,
+                  calibration: str | Path | None = None) -> VerifyReport:
     """Schema and checksums (BundleError on the first problem), then parity per artifact (`golden`:
     include the golden-derived case; default: when the fixture is on this machine)."""
     with unpacked(path) as root:
@@ -149,6 +206,10 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
         reference = None
         if parity and any(BACKENDS[entries[n]["format"]].unavailable() is None for n in names):
             reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress, names)
+        quantized = [n for n in names if _is_quantized(entries[n])]
+        cal, no_cal = (None, None)
+        if reference is not None and quantized:
+            cal, no_cal = _calibration_for(manifest, quantized, reference.graphs, calibration, progress)
         for name in names:
             entry = entries[name]
             row = {"component": name, "format": entry["format"], "precision": entry["precision"],
@@ -156,6 +217,12 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
             if reference is None:
                 reason = BACKENDS[entry["format"]].unavailable() or "parity not requested (--no-parity)"
                 row.update(status="pending", runtime=None, reason=reason)
+            elif name in quantized:  # never judged with the fp32 tolerance, never passed unmeasured
+                if cal is None:
+                    row.update(status="pending", runtime=None, reason=no_cal)
+                else:
+                    progress(f"{name} [{entry['format']} {entry['precision']}]: accuracy gate")
+                    row.update(verify_quantized(COMPONENTS[name], entry, bundle.path(entry["file"]), reference, cal))
             else:
                 progress(f"{name} [{entry['format']}]: parity")
                 row.update(verify_artifact(COMPONENTS[name], entry, bundle.path(entry["file"]), reference))
@@ -163,6 +230,8 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
             report.rows.append(row)
             reason = f" ({row['reason']})" if row.get("reason") else ""
             progress(f"{name} [{entry['format']}]: {row['status']}{reason}")
+        if cal is not None:
+            cal.close()
         if manifest.get("engines"):
             report.notes.append(f"TensorRT engines: {manifest['engines']['status']}")
     return report

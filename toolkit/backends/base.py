@@ -45,7 +45,7 @@ class Backend:
     name: str
     description: str
     suffix: str  # the artifact's file (or package) suffix in a bundle
-    precisions: tuple[str, ...]  # what the format can produce, first = its default
+    precisions: tuple[str, ...]  # everything the format can produce, first = its default
     settings: Mapping[str, object]  # the target file's [<name>] table and its defaults
     export_from: str | None  # the export a build starts from ("onnx", "ptl"); None: the PyTorch graph
     stages: tuple[Stage, ...]  # the build, in order
@@ -55,6 +55,23 @@ class Backend:
     platform_problem: Callable[[], str | None] = lambda: None  # beyond packages: why it cannot run here
     exporter: Exporter | None = None
     options: Mapping[str, str] = field(default_factory=dict)  # extra per-component choices (Core ML compression)
+    # The precision ladder: the next precision tried when one fails the accuracy gate (fp32, the floor
+    # of every format, has none). toolkit.quantize.gate and the targets read it from here.
+    ladder: Mapping[str, str] = field(default_factory=dict)
+
+    def buildable(self) -> tuple[str, ...]:
+        """The precisions `toolkit build` makes in this format: all of them where its stages quantize
+        (or its converter takes the precision itself), else its default and fp32."""
+        if any(getattr(stage, "quantizes", False) for stage in self.stages):
+            return self.precisions
+        return tuple(dict.fromkeys((self.precisions[0], "fp32")))
+
+    def rungs(self, requested: str) -> list[str]:
+        """The precisions tried for `requested`, in order, ending with the floor (fp32)."""
+        rungs = [requested]
+        while rungs[-1] in self.ladder:
+            rungs.append(self.ladder[rungs[-1]])
+        return rungs
 
     def unavailable(self) -> str | None:
         """Why artifacts of this format cannot run on this machine, or None."""
@@ -125,15 +142,28 @@ def exported_source(job, name: str, fmt: str) -> tuple[Path, dict]:
     return source, row
 
 
+def source(job, name: str, fmt: str) -> tuple[Path, dict]:
+    """What the next stages start from: the quantize stage's artifact where it chose a quantized
+    precision, else the verified export."""
+    path, row = exported_source(job, name, fmt)
+    quantized = job.quantized_sources.get(name)
+    return (quantized, row) if quantized is not None else (path, row)
+
+
 @per_component
 def copy(job, backend: Backend, plan) -> dict:
-    """The verified export itself is the artifact: copied, with the export's verification."""
+    """The verified export (or the quantize stage's gated artifact) itself is the artifact: copied, with
+    the export's verification (a quantized one is verified by the gate, in `verify`)."""
     from . import BACKENDS
     comp = COMPONENTS[plan.component]
-    source, row = exported_source(job, comp.name, backend.export_from)
+    source_path, row = source(job, comp.name, backend.export_from)
     rel = f"models/{comp.name}{backend.suffix}"
-    shutil.copyfile(source, job.root / rel)
+    shutil.copyfile(source_path, job.root / rel)
     inputs, outputs = io_entries(comp)
+    if comp.name in job.quantized_sources:  # verified by the gate's figures in `verify`, not the fp32 tolerance
+        return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": declared_dims(comp),
+                "provenance": {"stages": [f"torch -> {backend.export_from} ({row['exporter']})",
+                                          f"quantize ({plan.precision})", "copy"], "opset": row["opset"]}}
     verification = {"status": "passed", "runtime": BACKENDS[backend.export_from].runtime(),
                     "verified_by": f"toolkit export (this exact file, {row['file']} in the export cache)",
                     **{k: row[k] for k in ("cases", "max_abs_error", "max_rel_error", "min_mask_iou",
@@ -146,14 +176,15 @@ def copy(job, backend: Backend, plan) -> dict:
 
 def verify(job, backend: Backend, plans: list) -> Failures:
     """Every artifact not yet verified is checked against the PyTorch component where its runtime
-    exists here (else recorded as pending, with why); a failed one is removed."""
+    exists here (else recorded as pending, with why); a quantized one by the accuracy gate (its figures
+    measured again on this very file), never with the fp32 tolerance; a failed one is removed."""
     failures = {}
     for plan in plans:
         entry = job.entries.get(plan.component)
         if entry is None or "verification" in entry:
             continue
-        entry["verification"] = job.verify(plan.component, {**entry, "format": plan.format,
-                                                             "precision": plan.precision})
+        check = job.verify_quantized if plan.component in job.quantized_sources else job.verify
+        entry["verification"] = check(plan.component, {**entry, "format": plan.format, "precision": plan.precision})
         if entry["verification"]["status"] == "failed":
             failures[plan.component] = "; ".join(entry["verification"]["failures"][:3])
             artifact = job.root / job.entries.pop(plan.component)["file"]

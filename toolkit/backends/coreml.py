@@ -61,8 +61,10 @@ def open_runner(path: Path, threads: int | None = None, providers: list[str] | N
 
 BACKEND = base.Backend(
     name="coreml", description="Core ML mlprogram (.mlpackage)", suffix=".mlpackage",
-    # Core ML computes in fp16 or fp32
-    precisions=("fp16", "fp32"), settings=SETTINGS, export_from=None, stages=(convert, base.verify),
+    # Core ML computes in fp16 or fp32; int8 = W8A8 (calibrated in PyTorch), the others compress weights
+    precisions=("fp16", "fp32", "int8", "int8-weights", "palette6", "palette4"),
+    ladder={"int8": "int8-weights", "palette4": "palette6", "palette6": "int8-weights", "int8-weights": "fp16",
+            "fp16": "fp32"}, settings=SETTINGS, export_from=None, stages=(convert, base.verify),
     packages=("coremltools",), open_runner=open_runner,
     runtime=lambda: f"coremltools {metadata.version('coremltools')} (Core ML)",
     platform_problem=lambda: None if platform.system() == "Darwin" else "Core ML prediction needs macOS",

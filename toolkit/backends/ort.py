@@ -10,6 +10,7 @@ from ..components import COMPONENTS, Component
 from . import base
 from .onnx import make as make_onnx
 from .onnx import ort_runtime, ort_session
+from .quantize import quantize
 
 SETTINGS = {"target_platform": "arm", "optimization_style": "Fixed"}
 
@@ -33,7 +34,7 @@ def convert(job, backend: base.Backend, plans: list) -> base.Failures:
     sources, failures = {}, {}
     for plan in plans:
         try:
-            sources[plan.component] = base.exported_source(job, plan.component, "onnx")[0]
+            sources[plan.component] = base.source(job, plan.component, "onnx")[0]
         except base.StageFailed as e:
             failures[plan.component] = str(e)
     if not sources:
@@ -60,8 +61,11 @@ def convert(job, backend: base.Backend, plans: list) -> base.Failures:
 
 BACKEND = base.Backend(
     name="ort", description="ONNX Runtime Mobile format (.ort) + required_operators.config for a reduced-operator "
-                            "build", suffix=".ort", precisions=("fp32",), settings=SETTINGS, export_from="onnx",
-    stages=(base.export, convert, base.verify), packages=("onnxruntime",), open_runner=ort_session,
+                            "build", suffix=".ort", settings=SETTINGS,
+    # no fp16: ONNX Runtime Mobile's CPU kernels compute fp16 graphs slower than fp32 (Casts around most ops)
+    precisions=("fp32", "int8", "int8-weights", "int4-weights"),
+    ladder={"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "fp32"}, export_from="onnx",
+    stages=(base.export, quantize, convert, base.verify), packages=("onnxruntime",), open_runner=ort_session,
     runtime=lambda: ort_runtime(" (.ort)"),
     exporter=base.Exporter(make, lambda c: {"exporter": c.onnx.exporter, "opset": c.onnx.opset,
                                             "simplifier": "onnxslim", "ort": SETTINGS},

@@ -25,7 +25,9 @@ def runtime() -> str:
 
 BACKEND = base.Backend(
     name="ptl", description="TorchScript lite (.ptl) for the PyTorch lite interpreter", suffix=".ptl",
-    precisions=("fp32",), settings={}, export_from="ptl", stages=(base.export, base.copy, base.verify),
+    # the lite interpreter has int8 kernels (QNNPACK) but no fp16 CPU kernels
+    precisions=("fp32", "int8", "int8-weights"), ladder={"int8": "int8-weights", "int8-weights": "fp32"},
+    settings={}, export_from="ptl", stages=(base.export, base.copy, base.verify),
     packages=("torch",), open_runner=open_runner, runtime=runtime,
     exporter=base.Exporter(make, lambda c: {"exporter": "jit.trace+freeze", "lite": True},
                            lambda c: "TorchScript lite: trace, freeze, save for the lite interpreter "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..components import COMPONENTS
 from . import base
 from .onnx import ort_runtime, ort_session
+from .quantize import quantize
 
 SETTINGS = {"jetpack": "6.2", "version": "10.3", "workspace_mib": 2048}
 
@@ -16,7 +17,7 @@ def convert(job, backend: base.Backend, plan) -> dict:
 
     from ..convert.tensorrt import check_operators, make_trt_ready, operator_list
     comp = COMPONENTS[plan.component]
-    source, row = base.exported_source(job, comp.name, "onnx")
+    source, row = base.source(job, comp.name, "onnx")
     rel = f"models/{comp.name}{backend.suffix}"
     changed = make_trt_ready(source, job.root / rel)
     ops = operator_list(job.target.settings["tensorrt"]["version"])
@@ -38,7 +39,8 @@ def convert(job, backend: base.Backend, plan) -> dict:
 BACKEND = base.Backend(
     name="tensorrt", description="TensorRT-ready ONNX (int32 I/O, shape profiles, operator-checked) + on-device "
                                  "engine build", suffix=".onnx",
-    # fp16 or fp32 engines, built on the device from the fp32 ONNX
-    precisions=("fp16", "fp32"), settings=SETTINGS, export_from="onnx", stages=(base.export, convert, base.verify),
+    # fp16 / fp32 engines are built on the device from the fp32 ONNX; int8 from an explicit-quantization
+    # (Q/DQ) ONNX, with fp16 for the layers left unquantized
+    precisions=("fp16", "fp32", "int8"), ladder={"int8": "fp16", "fp16": "fp32"}, settings=SETTINGS, export_from="onnx", stages=(base.export, quantize, convert, base.verify),
     packages=("onnxruntime",), open_runner=ort_session, runtime=lambda: ort_runtime(" (the TensorRT-ready ONNX)"),
 )

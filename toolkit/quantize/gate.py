@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from ..backends import BACKENDS
 from ..errors import ToolkitError
 
 PRECISIONS = {
@@ -41,16 +42,10 @@ PRECISIONS = {
     "fp32": "float32 (the exported graph as is)",
 }
 FLOOR = "fp32"
-# Next rung when a precision fails the gate, per format. fp32 is the floor of every ladder.
-LADDERS: dict[str, dict[str, str]] = {
-    "onnx": {"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "fp32", "fp16": "fp32"},
-    "ort": {"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "fp32"},
-    "tensorrt": {"int8": "fp16", "fp16": "fp32"},
-    "coreml": {"int8": "int8-weights", "palette4": "palette6", "palette6": "int8-weights",
-               "int8-weights": "fp16", "fp16": "fp32"},
-    "ptl": {"int8": "int8-weights", "int8-weights": "fp32"},
-}
-FORMAT_PRECISIONS = {fmt: (*ladder, FLOOR) for fmt, ladder in LADDERS.items()}
+# What each format can produce and its ladder (next rung when a precision fails the gate) belong to its
+# backend (toolkit/backends, the one registry of formats); fp32 is the floor of every ladder.
+LADDERS: dict[str, dict[str, str]] = {name: dict(b.ladder) for name, b in BACKENDS.items()}
+FORMAT_PRECISIONS = {name: tuple(b.precisions) for name, b in BACKENDS.items()}
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
 
@@ -228,10 +223,7 @@ def check_precision(fmt: str, precision: str, where: str = "") -> None:
 def ladder(fmt: str, requested: str) -> list[str]:
     """The rungs tried for `requested` on `fmt`, in order, ending with fp32."""
     check_precision(fmt, requested)
-    rungs = [requested]
-    while rungs[-1] != FLOOR:
-        rungs.append(LADDERS[fmt][rungs[-1]])
-    return rungs
+    return BACKENDS[fmt].rungs(requested)
 
 
 @dataclass
