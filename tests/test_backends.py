@@ -5,6 +5,7 @@ import pytest
 
 from toolkit import backends, targets
 from toolkit.backends import ALIASES, BACKENDS, backend, base, exporters
+from toolkit.backends.quantize import quantize
 from toolkit.bench.backends import RUNNER_ALIASES, RUNNER_KINDS
 from toolkit.errors import ToolkitError
 from toolkit.export import FORMATS
@@ -12,7 +13,8 @@ from toolkit.export import FORMATS
 
 def test_every_layer_reads_the_registry():
     assert list(targets.FORMATS) == list(BACKENDS)
-    assert targets.PRECISIONS == {name: b.precisions for name, b in BACKENDS.items()}
+    assert targets.PRECISIONS == {name: b.buildable() for name, b in BACKENDS.items()}
+    assert all(set(b.buildable()) <= set(b.precisions) for b in BACKENDS.values())
     assert targets.FORMAT_SETTINGS == {name: dict(b.settings) for name, b in BACKENDS.items()}
     assert targets.COMPRESSIONS is BACKENDS["coreml"].options
     assert set(FORMATS) == {"onnx", "ort", "ptl"} == set(exporters())
@@ -26,7 +28,8 @@ def test_a_build_is_a_list_of_stages_per_backend():
     for b in BACKENDS.values():
         assert b.stages[-1] is base.verify, b.name  # every artifact ends verified (or pending with why)
         assert (b.stages[0] is base.export) == (b.export_from is not None), b.name
-    assert BACKENDS["onnx"].stages == (base.export, base.copy, base.verify)
+    assert BACKENDS["onnx"].stages == (base.export, quantize, base.copy, base.verify)
+    assert all(quantize in BACKENDS[name].stages for name in ("onnx", "ort", "tensorrt"))
 
 
 def test_old_spellings_resolve_and_unknown_names_fail_in_one_line():
