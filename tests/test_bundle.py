@@ -279,6 +279,32 @@ def test_operator_check_names_what_tensorrt_cannot_take():
                         "Unique is not supported"]
 
 
+@pytest.mark.parametrize("zero_point,problem", [
+    (0, None), (3, "QuantizeLinear with a non-zero zero point is not supported (TensorRT quantizes symmetrically)")])
+def test_operator_check_takes_symmetric_qdq(zero_point, problem):
+    """Explicit quantization: Q takes float, DQ takes int8 (the table's type is the input's); zero points 0."""
+    import numpy as np
+    from onnx import numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+             numpy_helper.from_array(np.array(zero_point, np.int8), "zp_q"),
+             numpy_helper.from_array(np.array(0, np.int8), "zp_dq")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp_q"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zp_dq"], ["d"]),
+             helper.make_node("Relu", ["d"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "qdq", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 19)])
+    assert check_operators(model, operator_list("10.3")) == ([problem] if problem else [])
+
+
+def test_engine_commands_follow_the_precision():
+    from toolkit.convert.tensorrt import trtexec_command
+    flags = {p: [a for a in trtexec_command("m.onnx", "m.plan", {}, p, 64) if a in ("--fp16", "--int8")]
+             for p in ("fp32", "fp16", "int8")}
+    assert flags == {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
+
+
 def test_failed_operator_check_without_fallback_fails_the_build(state, workdir, tmp_path, monkeypatch):
     monkeypatch.setattr("toolkit.convert.tensorrt.check_operators", lambda model, ops: ["Gemm is not supported"])
     with pytest.raises(ToolkitError, match=r"object_pointer: tensorrt failed and the target has no fallback for it: "

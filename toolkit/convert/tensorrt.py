@@ -38,6 +38,9 @@ _TYPE_NAMES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorPro
                TensorProto.INT8: "INT8", TensorProto.UINT8: "UINT8", TensorProto.DOUBLE: "DOUBLE"}
 
 
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in version.split("."))
 
@@ -104,10 +107,11 @@ def check_operators(model: onnx.ModelProto, ops: OperatorList) -> list[str]:
             types[v.name] = v.type.tensor_type.elem_type
         for init in graph.initializer:
             types[init.name] = init.data_type
+    zero_points = {init.name: init for graph in _graphs(inferred.graph) for init in graph.initializer}
     seen = set()
     for graph in _graphs(inferred.graph):
         for node in graph.node:
-            problem = _node_problem(node, types, ops)
+            problem = _node_problem(node, types, ops) or _zero_point_problem(node, zero_points)
             if problem and problem not in seen:
                 seen.add(problem)
                 problems.append(problem)
@@ -126,13 +130,26 @@ def _node_problem(node: onnx.NodeProto, types: dict, ops: OperatorList) -> str |
     if not allowed:
         return None
     # The type column names the operator's data type: the output's, or for comparisons and other
-    # ops that output BOOL from non-BOOL data, the first input's.
+    # ops that output BOOL from non-BOOL data, and for Q/DQ (what is quantized / dequantized), the
+    # first input's.
     name = node.output[0] if node.output else ""
-    if types.get(name) == TensorProto.BOOL and "BOOL" not in allowed and node.input:
+    if (types.get(name) == TensorProto.BOOL and "BOOL" not in allowed or node.op_type in _QDQ) and node.input:
         name = node.input[0]
     kind = _TYPE_NAMES.get(types.get(name, 0))
     if kind is not None and kind not in allowed:
         return f"{node.op_type} on {kind} is not supported (supported: {', '.join(entry['types'])})"
+    return None
+
+
+def _zero_point_problem(node: onnx.NodeProto, initializers: dict) -> str | None:
+    """TensorRT takes symmetric quantization only: a Q/DQ zero point must be a constant 0."""
+    if node.op_type not in _QDQ or len(node.input) < 3 or not node.input[2]:
+        return None
+    zero_point = initializers.get(node.input[2])
+    if zero_point is None:
+        return f"{node.op_type} with a zero point computed at run time is not supported (it must be a constant 0)"
+    if onnx.numpy_helper.to_array(zero_point).any():
+        return f"{node.op_type} with a non-zero zero point is not supported (TensorRT quantizes symmetrically)"
     return None
 
 
@@ -191,8 +208,9 @@ def trtexec_command(onnx_rel: str, engine_rel: str, profile: dict[str, list[list
         return ",".join(f"{name}:{'x'.join(map(str, p[i]))}" for name, p in profile.items())
     cmd = ["$TRTEXEC", f"--onnx={onnx_rel}", f"--saveEngine={engine_rel}",
            f"--memPoolSize=workspace:{workspace_mib}M", "--skipInference"]
-    if precision == "fp16":
-        cmd.append("--fp16")
+    # An int8 artifact is a Q/DQ ONNX (explicit quantization): its quantized layers run in int8, the
+    # layers around them in fp16 (the ladder's next rung), so both kinds of kernels are allowed.
+    cmd += {"fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}.get(precision, [])
     if profile:
         cmd += [f"--minShapes={shapes(0)}", f"--optShapes={shapes(1)}", f"--maxShapes={shapes(2)}"]
     return cmd
@@ -245,8 +263,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, profile: dict[s
         raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    for flag in {"fp16": ("FP16",), "int8": ("INT8", "FP16")}.get(precision, ()):  # as trtexec_command
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     if profile:
         opt = builder.create_optimization_profile()
         for name, (low, typical, high) in profile.items():
