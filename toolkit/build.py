@@ -41,8 +41,9 @@ from .components import COMPONENTS
 from .errors import ToolkitError
 from .machine import cpu
 from .outputs import fresh_output_dir
-from .pipeline import memory_bank, video
+from .pipeline import memory_bank
 from .preprocess import IMAGE_SIZE
+from .runtime.video import MAX_PROMPT_POINTS
 from .spec import DIMS
 from .targets import ComponentPlan, Target
 from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
@@ -86,7 +87,7 @@ POSTPROCESS = {
         "multimask_max_points": memory_bank.MULTIMASK_MAX_POINTS, "no_object_score": -1024.0,
         "num_maskmem": memory_bank.NUM_MASKMEM, "max_conditioning_frames": memory_bank.MAX_COND_FRAMES,
         "max_object_pointers": memory_bank.MAX_OBJ_PTRS, "selection_threshold": memory_bank.SELECTION_THRESHOLD,
-        "max_prompt_points": video.MAX_PROMPT_POINTS, "memory_storage_dtype": "bfloat16",
+        "max_prompt_points": MAX_PROMPT_POINTS, "memory_storage_dtype": "bfloat16",
         "memory_bank_rules": "toolkit/pipeline/memory_bank.py (plain Python over frame indices)",
     },
 }

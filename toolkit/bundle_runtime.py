@@ -12,15 +12,17 @@ the boundary where the artifact's tensor types differ from the declaration (`Art
 - `RunnerDetector` provides `encode_image`, `encode_text`, `forward_grounding` for
   `ImageSegmenter` (the detector chain is `toolkit.components.ground`);
 - `RunnerTracker` is a `VideoTracker` whose frame encoding and memory-attention inputs come from
-  the runners, with `RunnerTrackerModules` in place of `TrackerModules`: the SAM-head logic
-  (`TrackerModules.sam_heads`, `SamMaskDecoder.forward`'s mask choice) is the reference's own
-  code, run over the prompt-encoder / mask-decoder / object-pointer runners.
+  the runners, with `RunnerTrackerModules` in place of `TrackerModules` (both satisfy
+  `toolkit.pipeline.stages.TrackerStages`): the SAM heads and the decoder's mask choice are the
+  functions the reference's modules call too (`decode_sam_heads`, `select_outputs`), run over the
+  prompt-encoder / mask-decoder / object-pointer runners; the memory-attention feeds are the
+  runtime's (`toolkit.runtime.video.memory_inputs`).
 
 Boundaries that differ from the reference's method boundaries, and how they are bridged: the
 memory_encoder component takes the 1008x1008 mask probability the pipeline computes (the
 binarisation of a clicked frame's mask stays outside every graph). The memory_attention component
 takes the bank's raw memories with their slot indices and computes the position encodings inside,
-so `memory_inputs` returns those. Text prompts for tracking use the mask-prompt path
+so `memory_inputs` returns those (the runtime's feeds). Text prompts for tracking use the mask-prompt path
 (`mask_downsample`), which no component exports: runners track clicks and boxes.
 """
 from __future__ import annotations
@@ -38,13 +40,14 @@ from .components import ground
 from .errors import ToolkitError
 from .model.detector import Recorder
 from .model.position import PositionEmbeddingSine
-from .model.tracker import TrackerModules
-from .model.tracker.mask_decoder import SamMaskDecoder
+from .model.tracker.mask_decoder import select_outputs
 from .model.tracker.memory_encoder import MEM_DIM
+from .model.tracker.tracker import decode_sam_heads
 from .pipeline.memory_bank import MemoryBank, MemoryPlan
 from .pipeline.video import FrameFeatures, Memory, VideoTracker
 from .preprocess import preprocess_frame
 from .runners import Runner
+from .runtime.video import memory_inputs
 
 DETECTOR_COMPONENTS = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
                        "scoring", "segmentation_head")
@@ -175,18 +178,17 @@ class _PromptEncoder(nn.Module):
 class _MaskDecoder(nn.Module):
     """mask_decoder runner (all four tokens) under the reference's choice of the output mask."""
 
-    forward = SamMaskDecoder.forward
-    _single_mask_with_stability_fallback = staticmethod(SamMaskDecoder._single_mask_with_stability_fallback)
-
     def __init__(self, runner: Runner):
         super().__init__()
         self.runner = runner
 
-    def predict_all(self, image_embeddings, _image_pe, sparse, dense, feat_s0, feat_s1):
+    def forward(self, image_embeddings: Tensor, _image_pe: None, sparse: Tensor, dense: Tensor, feat_s0: Tensor,
+                feat_s1: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         out = self.runner.infer({"image_embeddings": image_embeddings.numpy(), "sparse_embeddings": sparse.numpy(),
                                  "dense_embeddings": dense.numpy(), "feat_s0": feat_s0[:1].numpy(),
                                  "feat_s1": feat_s1[:1].numpy()})
-        return tuple(_torch(out[n]) for n in ("masks", "iou", "mask_tokens", "object_score_logits"))
+        return select_outputs(*(_torch(out[n]) for n in ("masks", "iou", "mask_tokens", "object_score_logits")),
+                              multimask_output)
 
 
 class _MemoryAttention(nn.Module):
@@ -196,22 +198,16 @@ class _MemoryAttention(nn.Module):
         super().__init__()
         self.runner = runner
 
-    def forward(self, current: Tensor, current_pos: Tensor, memory: Tensor, memory_time_index: Tensor,
-                object_pointers: Tensor, pointer_frame_distance: Tensor, max_pointer_distance: int) -> Tensor:
+    def forward(self, current: Tensor, current_pos: Tensor, memory: Mapping[str, np.ndarray]) -> Tensor:
+        """`memory`: the runtime's memory feeds (`RunnerTracker.memory_inputs`)."""
         def grid(seq: Tensor) -> np.ndarray:  # (5184,B,256) -> (1,256,72,72): the frame is the same for all objects
             return seq[:, :1].permute(1, 2, 0).reshape(1, -1, 72, 72).numpy()
-        out = self.runner.infer({
-            "image_features": grid(current), "image_pos": grid(current_pos), "memory": memory.numpy(),
-            "memory_time_index": memory_time_index.numpy(), "object_pointers": object_pointers.numpy(),
-            "pointer_frame_distance": pointer_frame_distance.numpy(),
-            "max_pointer_distance": np.array(max_pointer_distance, np.int64)})["conditioned_features"]
-        return _torch(out).flatten(2).permute(2, 0, 1)
+        out = self.runner.infer({"image_features": grid(current), "image_pos": grid(current_pos), **memory})
+        return _torch(out["conditioned_features"]).flatten(2).permute(2, 0, 1)
 
 
 class RunnerTrackerModules(nn.Module):
-    """What `VideoTracker` calls on `TrackerModules`, served by the tracker's component runners."""
-
-    sam_heads = TrackerModules.sam_heads  # the reference's decode, mask choice and resize
+    """What `VideoTracker` calls on `TrackerModules` (`TrackerStages`), served by the tracker's component runners."""
 
     def __init__(self, runners: Mapping[str, Runner]):
         super().__init__()
@@ -225,6 +221,10 @@ class RunnerTrackerModules(nn.Module):
         self.maskmem_backbone = nn.Identity()
         self.memory_pos = PositionEmbeddingSine(MEM_DIM)  # weightless: the memory encoder's position encoding
         self.no_memory = None  # no_memory_features of the last encoded frame (tracker_neck output)
+
+    def sam_heads(self, pix_feat: Tensor, feat_s0: Tensor, feat_s1: Tensor, points: Tensor,
+                  labels: Tensor, multimask_output: bool) -> dict[str, Tensor]:
+        return decode_sam_heads(self, pix_feat, feat_s0, feat_s1, points, labels, multimask_output)
 
     def object_pointer(self, sam_token: Tensor, object_score_logits: Tensor) -> Tensor:
         out = self.runners["object_pointer"].infer({"sam_token": sam_token.numpy(),
@@ -245,6 +245,7 @@ class RunnerTrackerModules(nn.Module):
         return features, self.memory_pos(features)
 
     def condition_on_memory(self, current: Tensor, current_pos: Tensor, *memory_inputs) -> Tensor:
+        """`memory_inputs`: the one mapping of memory feeds `RunnerTracker.memory_inputs` gives."""
         out = self.transformer["encoder"](current, current_pos, *memory_inputs)
         return out.permute(1, 2, 0).reshape(out.shape[1], -1, 72, 72)
 
@@ -253,10 +254,8 @@ class RunnerTracker(VideoTracker):
     """`VideoTracker` over a bundle's tracker components (click and box prompts)."""
 
     def __init__(self, runners: Mapping[str, Runner]):
+        super().__init__(None, RunnerTrackerModules(runners))
         self.runners = runners
-        self.backbone = None
-        self.tracker = RunnerTrackerModules(runners)
-        self.detector = self.tokenizer = None
 
     def encode_frame(self, rgb: np.ndarray, stage: str, record: Recorder | None,
                      with_detector: bool = False) -> tuple[FrameFeatures, None]:
@@ -277,11 +276,9 @@ class RunnerTracker(VideoTracker):
                 "out.vision_pos_enc.2": feats.vision_pos})
         return feats, None
 
-    def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory], pos: Tensor) -> tuple:
-        """The memory_attention component's inputs: stacked memories (M,B,64,72,72) with their
-        temporal slots, object pointers (N,B,256) with their distances, and the distance scale."""
-        memory = torch.stack([bank.payload(m.frame).features.float() for m in plan.spatial])
-        slots = torch.tensor([m.tpos_index for m in plan.spatial], dtype=torch.int64)
-        pointers = torch.stack([bank.payload(p.frame).obj_ptr for p in plan.pointers])
-        distances = torch.tensor([p.distance for p in plan.pointers], dtype=torch.int64)
-        return memory, slots, pointers, distances, plan.max_ptr_distance
+    def memory_inputs(self, plan: MemoryPlan, bank: MemoryBank[Memory], pos: Tensor) -> tuple[dict[str, np.ndarray]]:
+        """The memory_attention component's memory feeds, as the runtime assembles them (the
+        component computes the position encodings `pos` itself)."""
+        objects = pos.shape[0]
+        return (memory_inputs(plan, lambda f: bank.payload(f).features.float().numpy(),
+                              lambda f: bank.payload(f).obj_ptr.numpy(), objects),)

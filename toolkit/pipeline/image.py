@@ -1,7 +1,8 @@
 """Image path: RGB image + text (+ boxes) -> detections at the original resolution.
 
-The same code drives the PyTorch reference and, later, exported runners: it only calls the
-detector's stage methods and the numpy post-processing an app would reproduce.
+The same code drives the PyTorch reference and component runners (`toolkit.bundle_runtime`): it only
+calls the detector's stage methods (`toolkit.pipeline.stages.DetectorStages`) and the numpy
+post-processing an app would reproduce.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 import torch
 
 from ..errors import ToolkitError
-from ..model.detector import Detector, detections
+from ..model.detector import detections
 from ..model.recording import Recorder
 from ..preprocess import preprocess_image
 from ..tokenizer import Tokenizer, check_prompt_text
+from .stages import DetectorStages
 
 
 @dataclass
@@ -51,9 +53,9 @@ def boxes_px_to_prompt(boxes_xyxy: list[tuple[float, float, float, float]], imag
 
 
 class ImageSegmenter:
-    """Promptable concept segmentation of one image with a loaded Detector."""
+    """Promptable concept segmentation of one image with a loaded Detector (or a stand-in)."""
 
-    def __init__(self, detector: Detector, tokenizer: Tokenizer | None = None):
+    def __init__(self, detector: DetectorStages, tokenizer: Tokenizer | None = None):
         self.detector = detector.eval()
         self.tokenizer = tokenizer or Tokenizer()
 

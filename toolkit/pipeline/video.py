@@ -11,8 +11,8 @@ Flow (upstream `Sam3TrackerPredictor`: `add_new_points_or_box` / `add_new_mask`,
    chosen by `MemoryBank.plan`, the SAM heads predict the masks, and the memory encoder stores
    the frame for later ones.
 
-Only the stage methods of the neural modules and the memory-bank rules are used, so the same
-loop can later drive exported modules.
+Only the stage methods of the neural modules (`toolkit.pipeline.stages`) and the memory-bank rules
+are used, so the same loop drives component runners (`toolkit.bundle_runtime.RunnerTracker`).
 """
 from __future__ import annotations
 
@@ -29,18 +29,20 @@ from torch import Tensor
 
 from ..errors import ToolkitError
 from ..images import image_size_hw, load_rgb
-from ..model.detector import Detector, detections
+from ..model.detector import detections
 from ..model.recording import Recorder, recording_output, stage_tensors
-from ..model.tracker import TrackerModules, memory_mask_probability
+from ..model.tracker import memory_mask_probability
 from ..model.vision import VisionBackbone
 from ..preprocess import IMAGE_SIZE, preprocess_frame
+from ..runtime.errors import RuntimeInputError
+from ..runtime.video import check_prompt, model_points
 from ..tokenizer import Tokenizer
 from .memory_bank import MemoryBank, MemoryPlan, frame_quality, use_multimask
+from .stages import DetectorStages, TrackerStages
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # Decoded video frames are held in memory; longer videos should be extracted to a folder first.
 MAX_VIDEO_BYTES = 4 * 2**30
-MAX_PROMPT_POINTS = 16  # upstream's prompt-encoder limit (a box counts as two points)
 LOW_RES = 288  # SAM mask logits grid
 # Text prompts: detections above the score threshold, de-duplicated by mask NMS (upstream's
 # video model: det_nms_thresh=0.1 on the binarised 288x288 masks).
@@ -158,23 +160,11 @@ class ClickPrompt:
     box_xyxy: tuple[float, float, float, float] | None = None
 
     def check(self, size_hw: tuple[int, int]) -> None:
-        height, width = size_hw
-        if 1 not in self.labels and self.box_xyxy is None:
-            raise ToolkitError("a click prompt needs a positive point or a box")
-        for x, y in self.points_xy:
-            if not (0 <= x <= width and 0 <= y <= height):
-                raise ToolkitError(f"point {x:g},{y:g} is outside the {width}x{height} frame (x,y in pixels)")
-        if self.box_xyxy is not None:
-            x0, y0, x1, y1 = self.box_xyxy
-            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-                raise ToolkitError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
-                                   f"{width}x{height} frame (x0,y0,x1,y1 in pixels)")
-        if self.num_points > MAX_PROMPT_POINTS:
-            raise ToolkitError(f"{self.num_points} prompt points (a box counts as two); at most {MAX_PROMPT_POINTS}")
-
-    @property
-    def num_points(self) -> int:
-        return len(self.points_xy) + (2 if self.box_xyxy is not None else 0)
+        """The runtime's check (one definition: the runtime imports no torch)."""
+        try:
+            check_prompt(self, size_hw)
+        except RuntimeInputError as e:
+            raise ToolkitError(str(e)) from e
 
     def model_points(self, size_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(1,P,2) float32 (x, y) on the 1008 model grid and (1,P) int32 labels; the box first as
@@ -184,16 +174,8 @@ class ClickPrompt:
         to float32 first, so that a click at pixel (312, 180) of a 600x400 frame equals the
         relative click (0.52, 0.45).
         """
-        height, width = size_hw
-        xy, labels = [], []
-        if self.box_xyxy is not None:
-            x0, y0, x1, y1 = self.box_xyxy
-            xy += [(x0 / width, y0 / height), (x1 / width, y1 / height)]
-            labels += [2, 3]
-        xy += [(x / width, y / height) for x, y in self.points_xy]
-        labels += list(self.labels)
-        points = torch.tensor([xy], dtype=torch.float32) * IMAGE_SIZE
-        return points, torch.tensor([labels], dtype=torch.int32)
+        points, labels = model_points(self, size_hw)  # the runtime's (one definition)
+        return torch.from_numpy(points), torch.from_numpy(labels)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -287,13 +269,14 @@ class TrackingSession:
 class VideoTracker:
     """Prompt objects on one frame and follow them through all frames.
 
-    `backbone` is the vision backbone shared with the detector; `detector` (and a tokenizer) are
-    needed only for text prompts.
+    `backbone` is the vision backbone shared with the detector (None for a subclass that encodes
+    frames itself: `toolkit.bundle_runtime.RunnerTracker`); `tracker` runs the tracker stages
+    (`TrackerModules` or a stand-in); `detector` (and a tokenizer) are needed only for text prompts.
     """
 
-    def __init__(self, backbone: VisionBackbone, tracker: TrackerModules, detector: Detector | None = None,
+    def __init__(self, backbone: VisionBackbone | None, tracker: TrackerStages, detector: DetectorStages | None = None,
                  tokenizer: Tokenizer | None = None):
-        self.backbone = backbone.eval()
+        self.backbone = backbone.eval() if backbone is not None else None
         self.tracker = tracker.eval()
         self.detector = detector.eval() if detector is not None else None
         self.tokenizer = tokenizer or (Tokenizer() if detector is not None else None)

@@ -85,6 +85,8 @@ def model_points(prompt, size_hw) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_prompt(prompt, size_hw) -> None:
+    """Refuse a click prompt without a positive click or a box, points or a box outside the frame, and
+    more points than the prompt encoder takes (also `toolkit.pipeline.video.ClickPrompt.check`)."""
     height, width = size_hw
     if 1 not in prompt.labels and prompt.box_xyxy is None:
         raise RuntimeInputError("a click prompt needs a positive point or a box")
@@ -95,10 +97,25 @@ def check_prompt(prompt, size_hw) -> None:
         x0, y0, x1, y1 = prompt.box_xyxy
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise RuntimeInputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
-                                    f"{width}x{height} frame")
+                                    f"{width}x{height} frame (x0,y0,x1,y1 in pixels)")
     points = len(prompt.points_xy) + (2 if prompt.box_xyxy is not None else 0)
     if points > MAX_PROMPT_POINTS:
         raise RuntimeInputError(f"{points} prompt points (a box counts as two); at most {MAX_PROMPT_POINTS}")
+
+
+def memory_inputs(plan, features: Callable[[int], np.ndarray], pointer: Callable[[int], np.ndarray],
+                  objects: int) -> dict[str, np.ndarray]:
+    """The memory_attention component's memory feeds for a `MemoryPlan`: the planned memories stacked
+    (M,B,64,72,72) float32 with their temporal slots, the object pointers (N,B,256) with their frame
+    distances, and the distance scale. `features(frame)` / `pointer(frame)`: a banked frame's memory
+    features and object pointer as float32 arrays (also used by `toolkit.bundle_runtime.RunnerTracker`)."""
+    pointers = (np.stack([pointer(p.frame) for p in plan.pointers]) if plan.pointers
+                else np.zeros((0, objects, 256), np.float32))
+    return {"memory": np.stack([features(m.frame) for m in plan.spatial]),
+            "memory_time_index": np.array([m.tpos_index for m in plan.spatial], np.int64),
+            "object_pointers": pointers,
+            "pointer_frame_distance": np.array([p.distance for p in plan.pointers], np.int64),
+            "max_pointer_distance": np.array(plan.max_ptr_distance, np.int64)}
 
 
 def _stable_single_mask(masks: np.ndarray, iou: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,15 +252,6 @@ class Tracker:
         return Session(self, frames, frame, [TrackedObject(1)], bank,
                        (heads["low_res_masks"], heads["object_score_logits"]), record)
 
-    def memory_inputs(self, plan, bank: MemoryBank, b: int) -> dict[str, np.ndarray]:
-        memory = np.stack([from_bfloat16(bank.payload(m.frame).features) for m in plan.spatial])
-        pointers = (np.stack([bank.payload(p.frame).obj_ptr for p in plan.pointers]) if plan.pointers
-                    else np.zeros((0, b, 256), np.float32))
-        return {"memory": memory, "memory_time_index": np.array([m.tpos_index for m in plan.spatial], np.int64),
-                "object_pointers": pointers,
-                "pointer_frame_distance": np.array([p.distance for p in plan.pointers], np.int64),
-                "max_pointer_distance": np.array(plan.max_ptr_distance, np.int64)}
-
     def propagate_frame(self, session: Session, t: int, reverse: bool) -> FrameResult:
         bank, record, size_hw = session.bank, session.record, tuple(session.frames.size_hw)
         b = len(session.objects)
@@ -252,8 +260,10 @@ class Tracker:
         stage = f"f{t}_propagate"
         feats = self.encode_frame(session.frames.rgb(t), stage, record)
         plan = bank.plan(t, reverse)
+        memory = memory_inputs(plan, lambda f: from_bfloat16(bank.payload(f).features),
+                               lambda f: bank.payload(f).obj_ptr, b)
         conditioned = self.sessions.run("memory_attention", image_features=feats.tracker, image_pos=feats.image_pos,
-                                        **self.memory_inputs(plan, bank, b))["conditioned_features"]
+                                        **memory)["conditioned_features"]
         if record is not None:  # sequence-first, as the reference's module returns it
             record(f"{stage}__05_memory_attention",
                    {"out.memory": conditioned.reshape(b, 256, -1).transpose(2, 0, 1)})

@@ -172,21 +172,9 @@ class SamMaskDecoder(nn.Module):
     def forward(self, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor, dense: Tensor,
                 feat_s0: Tensor, feat_s1: Tensor, multimask_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """image (B,256,72,72), PE (1,256,72,72), sparse (B,N,256), dense (B,256,72,72),
-        feat_s0 (B,32,288,288), feat_s1 (B,64,144,144) ->
-        masks (B,M,288,288), IoU (B,M), SAM tokens (B,M,256), object score logits (B,1);
-        M = 3 with `multimask_output`, else 1.
-
-        Multimask output keeps tokens 1..3 (their tokens become object-pointer candidates).
-        Single-mask output keeps token 0 unless its mask is unstable, in which case the mask and
-        IoU of the best multimask token replace it; the SAM token stays token 0.
-        """
-        masks, iou, tokens, object_score = self.predict_all(
-            image_embeddings, image_pe, sparse, dense, feat_s0, feat_s1
-        )
-        if multimask_output:
-            return masks[:, 1:], iou[:, 1:], tokens[:, 1:], object_score
-        masks, iou = self._single_mask_with_stability_fallback(masks, iou)
-        return masks, iou, tokens[:, 0:1], object_score
+        feat_s0 (B,32,288,288), feat_s1 (B,64,144,144) -> `select_outputs` of all four tokens."""
+        return select_outputs(*self.predict_all(image_embeddings, image_pe, sparse, dense, feat_s0, feat_s1),
+                              multimask_output)
 
     @staticmethod
     def _single_mask_with_stability_fallback(masks: Tensor, iou: Tensor) -> tuple[Tensor, Tensor]:
@@ -204,3 +192,19 @@ class SamMaskDecoder(nn.Module):
         out_masks = torch.where(stable[..., None, None], masks[:, 0:1], best_mask)
         out_iou = torch.where(stable, iou[:, 0:1], best_iou)
         return out_masks, out_iou
+
+
+def select_outputs(masks: Tensor, iou: Tensor, tokens: Tensor, object_score: Tensor,
+                   multimask_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """All four mask tokens' outputs (`predict_all`) -> masks (B,M,288,288), IoU (B,M), SAM tokens
+    (B,M,256), object score logits (B,1); M = 3 with `multimask_output`, else 1. The decoder's own
+    output choice, shared with the decoder of a bundle (`toolkit.bundle_runtime`).
+
+    Multimask output keeps tokens 1..3 (their tokens become object-pointer candidates).
+    Single-mask output keeps token 0 unless its mask is unstable, in which case the mask and
+    IoU of the best multimask token replace it; the SAM token stays token 0.
+    """
+    if multimask_output:
+        return masks[:, 1:], iou[:, 1:], tokens[:, 1:], object_score
+    masks, iou = SamMaskDecoder._single_mask_with_stability_fallback(masks, iou)
+    return masks, iou, tokens[:, 0:1], object_score

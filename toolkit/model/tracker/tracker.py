@@ -43,6 +43,44 @@ def effective_iou_score(object_score_logits: Tensor, iou_score: Tensor) -> Tenso
     return (presence * iou_score).mean()
 
 
+def decode_sam_heads(stages, pix_feat: Tensor, feat_s0: Tensor, feat_s1: Tensor, points: Tensor, labels: Tensor,
+                     multimask_output: bool) -> dict[str, Tensor]:
+    """One SAM decode (upstream `_forward_sam_heads` for point prompts) over `stages`' prompt
+    encoder, mask decoder and object pointer: `TrackerModules` or the bundle's runners
+    (`toolkit.bundle_runtime.RunnerTrackerModules`), so both make the same mask choice.
+
+    pix_feat (B,256,72,72) (memory-conditioned, or + no_mem_embed on a prompted frame),
+    points (B,P,2) in 1008 pixels with labels (B,P); a frame without clicks passes one
+    point (0, 0) with label -1. Returns
+      low_res_multimasks (B,M,288,288), ious (B,M), low_res_masks (B,1,288,288),
+      high_res_masks (B,1,1008,1008), obj_ptr (B,256), object_score_logits (B,1),
+    with M = 3 if multimask_output else 1; the single mask is the one with the best IoU.
+    Masks are NO_OBJ_SCORE everywhere when the object score is <= 0.
+    """
+    sparse, dense = stages.sam_prompt_encoder(points, labels)
+    masks, ious, sam_tokens, object_score_logits = stages.sam_mask_decoder(
+        pix_feat, stages.sam_prompt_encoder.dense_pe(), sparse, dense, feat_s0, feat_s1, multimask_output
+    )
+    is_obj = object_score_logits > 0  # (B, 1)
+    masks = torch.where(is_obj[..., None, None], masks, torch.full_like(masks, NO_OBJ_SCORE))
+    if multimask_output:
+        best = ious.argmax(dim=-1)  # (B,)
+        low_res = torch.gather(masks, 1, best[:, None, None, None].expand(-1, 1, *masks.shape[-2:]))
+        token = torch.gather(sam_tokens, 1, best[:, None, None].expand(-1, 1, sam_tokens.shape[-1]))[:, 0]
+    else:
+        low_res, token = masks, sam_tokens[:, 0]
+    # Resizing only the chosen mask equals upstream's resize-all-then-choose.
+    high_res = F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    return {
+        "low_res_multimasks": masks,
+        "ious": ious,
+        "low_res_masks": low_res,
+        "high_res_masks": high_res,
+        "obj_ptr": stages.object_pointer(token, object_score_logits),
+        "object_score_logits": object_score_logits,
+    }
+
+
 class TrackerModules(nn.Module):
     """The tracker's modules with checkpoint names (load `synthetic_state_dict("tracker.")`)."""
 
@@ -76,38 +114,8 @@ class TrackerModules(nn.Module):
     # --- SAM heads ------------------------------------------------------------------------
     def sam_heads(self, pix_feat: Tensor, feat_s0: Tensor, feat_s1: Tensor, points: Tensor,
                   labels: Tensor, multimask_output: bool) -> dict[str, Tensor]:
-        """One SAM decode (upstream `_forward_sam_heads` for point prompts).
-
-        pix_feat (B,256,72,72) (memory-conditioned, or + no_mem_embed on a prompted frame),
-        points (B,P,2) in 1008 pixels with labels (B,P); a frame without clicks passes one
-        point (0, 0) with label -1. Returns
-          low_res_multimasks (B,M,288,288), ious (B,M), low_res_masks (B,1,288,288),
-          high_res_masks (B,1,1008,1008), obj_ptr (B,256), object_score_logits (B,1),
-        with M = 3 if multimask_output else 1; the single mask is the one with the best IoU.
-        Masks are NO_OBJ_SCORE everywhere when the object score is <= 0.
-        """
-        sparse, dense = self.sam_prompt_encoder(points, labels)
-        masks, ious, sam_tokens, object_score_logits = self.sam_mask_decoder(
-            pix_feat, self.sam_prompt_encoder.dense_pe(), sparse, dense, feat_s0, feat_s1, multimask_output
-        )
-        is_obj = object_score_logits > 0  # (B, 1)
-        masks = torch.where(is_obj[..., None, None], masks, torch.full_like(masks, NO_OBJ_SCORE))
-        if multimask_output:
-            best = ious.argmax(dim=-1)  # (B,)
-            low_res = torch.gather(masks, 1, best[:, None, None, None].expand(-1, 1, *masks.shape[-2:]))
-            token = torch.gather(sam_tokens, 1, best[:, None, None].expand(-1, 1, sam_tokens.shape[-1]))[:, 0]
-        else:
-            low_res, token = masks, sam_tokens[:, 0]
-        # Resizing only the chosen mask equals upstream's resize-all-then-choose.
-        high_res = F.interpolate(low_res, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
-        return {
-            "low_res_multimasks": masks,
-            "ious": ious,
-            "low_res_masks": low_res,
-            "high_res_masks": high_res,
-            "obj_ptr": self.object_pointer(token, object_score_logits),
-            "object_score_logits": object_score_logits,
-        }
+        """One SAM decode (upstream `_forward_sam_heads` for point prompts): see `decode_sam_heads`."""
+        return decode_sam_heads(self, pix_feat, feat_s0, feat_s1, points, labels, multimask_output)
 
     def object_pointer(self, sam_token: Tensor, object_score_logits: Tensor) -> Tensor:
         """SAM output token (B,256) -> object pointer (B,256); `no_obj_ptr` when the object is absent."""
