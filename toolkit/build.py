@@ -43,7 +43,7 @@ from .machine import cpu
 from .outputs import fresh_output_dir
 from .pipeline import memory_bank
 from .preprocess import IMAGE_SIZE
-from .runtime.video import MAX_PROMPT_POINTS
+from .runtime.video import MAX_PROMPT_POINTS, NO_OBJECT_SCORE, STABILITY_DELTA, STABILITY_THRESH
 from .spec import DIMS
 from .targets import ComponentPlan, Target
 from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
@@ -84,10 +84,13 @@ POSTPROCESS = {
         "memory_encoder_input": "mask_probability: the chosen 288x288 mask logits resized bilinearly (half-pixel "
                                 "centres) to 1008x1008, then 1.0 where > 0 else 0.0 on a prompted (clicked) frame, "
                                 "sigmoid on a tracked frame",
-        "multimask_max_points": memory_bank.MULTIMASK_MAX_POINTS, "no_object_score": -1024.0,
+        "multimask_max_points": memory_bank.MULTIMASK_MAX_POINTS, "no_object_score": NO_OBJECT_SCORE,
         "num_maskmem": memory_bank.NUM_MASKMEM, "max_conditioning_frames": memory_bank.MAX_COND_FRAMES,
         "max_object_pointers": memory_bank.MAX_OBJ_PTRS, "selection_threshold": memory_bank.SELECTION_THRESHOLD,
         "max_prompt_points": MAX_PROMPT_POINTS, "memory_storage_dtype": "bfloat16",
+        # mask 0 is unstable (single-mask output) when its areas above +delta and above -delta differ by
+        # more than 1 - threshold (float32 comparisons); read by runtimes/js
+        "stability_delta": STABILITY_DELTA, "stability_threshold": STABILITY_THRESH,
         "memory_bank_rules": "toolkit/pipeline/memory_bank.py (plain Python over frame indices)",
     },
 }
