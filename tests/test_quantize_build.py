@@ -188,3 +188,63 @@ def test_quantized_artifact_is_a_qdq_graph(int8_bundle, workdir):
     path = workdir / "cache" / "quantized" / "object_pointer.int8.ort.onnx"
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+# --- `toolkit calibrate` and `toolkit quantize-report` ---------------------------------------------------
+
+def test_calibrate_records_the_feeds_the_pipelines_pass_with_statistics(tmp_path, capsys):
+    out = tmp_path / "feeds"
+    assert main(["calibrate", "--out", str(out), "--components", "object_pointer,vision_encoder", "--samples", "2",
+                 "--evaluation"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibration: object_pointer 2" in printed and "evaluation: object_pointer 2" in printed
+    report = json.loads((out / "calibration.json").read_text())
+    # the feeds on disk are the ones the statistics describe: recompute one from the files
+    import numpy as np
+    files = sorted((out / "calibration" / "object_pointer").glob("*.npz"))
+    assert len(files) == 2
+    name = next(iter(report["statistics"]["calibration"]["object_pointer"]))
+    values = [np.load(f)[name] for f in files]
+    stats = report["statistics"]["calibration"]["object_pointer"][name]
+    assert stats["samples"] == 2
+    assert stats["max"] == pytest.approx(max(float(v.max()) for v in values))
+    assert stats["min"] == pytest.approx(min(float(v.min()) for v in values))
+    # the vision encoder is not reached by the tracker alone, but the detector pipeline reaches both
+    assert "vision_encoder" in report["statistics"]["calibration"]
+    assert report["set"]["not_reached"] == {"calibration": [], "evaluation": []}
+    assert "| object_pointer |" in (out / "calibration.md").read_text()
+
+
+def test_calibrate_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["calibrate", "--out", str(tmp_path / "o"), "--calibration", str(tmp_path / "missing")]) == 2
+    assert main(["calibrate", "--out", str(tmp_path / "o"), "--components", "nope"]) == 2
+    assert main(["calibrate", "--out", str(tmp_path / "o"), "--samples", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_report_tables_every_rung_and_the_worst_per_operator_type(int8_bundle, workdir, tmp_path, capsys):
+    bundle, _ = int8_bundle
+    out = tmp_path / "report"
+    assert main(["quantize-report", str(bundle), "--out", str(out), "--cache", str(workdir / "cache")]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    md = (out / "report.md").read_text()
+    for name in SMALL:  # every rung the build tried is a row, with the chosen one marked
+        record = manifest["components"][name]["quantization"]
+        assert f"{name:18} ort      {' -> '.join(r['precision'] for r in record['rungs'])}: chose " \
+               f"{record['chosen']}" in printed
+        assert sum(line.startswith(f"| {name} | ort |") for line in md.splitlines()) == len(record["rungs"])
+    assert "NOT trained" in md and "one operator type quantized at a time" in md
+    assert "the operator type that costs most alone is" in printed
+    assert (out / "sensitivity.png").stat().st_size > 0
+
+
+def test_quantize_report_of_an_fp32_bundle_is_one_line(state, workdir, tmp_path, capsys):
+    fp32 = tmp_path / "fp32"
+    target = load_target(_target(tmp_path, '[defaults]\nformat = "onnx"\nprecision = "fp32"\n'))
+    run_build(target, fp32, state, LABEL, True, components=["prompt_encoder"], cache_dir=workdir / "cache", golden=False)
+    assert main(["quantize-report", str(fp32), "--out", str(tmp_path / "r")]) == 2
+    assert "no quantized component" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

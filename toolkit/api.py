@@ -366,6 +366,53 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
                      progress=progress)
 
 
+def calibrate(out: str | Path, checkpoint_path: str | Path | None = None, calibration: str | Path | None = None,
+              components: list[str] | None = None, samples: int | None = None, evaluation: bool = False,
+              force: bool = False, progress=lambda message: None):
+    """`toolkit calibrate`: the feeds every component receives from the fp32 pipelines over the
+    calibration part (and the evaluation part with `evaluation`) of `calibration` (default: the shipped
+    set), written to `out` as `<part>/<component>/NNNN.npz` with calibration.json / calibration.md
+    (per-input statistics); returns `toolkit.quantize.record.CalibrateResult`."""
+    from .components import COMPONENTS
+    from .outputs import fresh_output_dir, guard_outputs
+    from .quantize import CalibrationSet
+    from .quantize.record import PARTS, record_calibration
+    from .verify import Reference
+    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--calibration": calibration})
+    names = list(COMPONENTS) if components is None else list(components)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise ToolkitError(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
+    if samples is not None and samples < 1:
+        raise ToolkitError(f"--samples must be at least 1, got {samples}")
+    CalibrationSet.load(calibration)  # a bad set is one line before any model is built
+    if checkpoint_path is None:
+        progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
+    weights = checkpoint.resolve_weights(checkpoint_path)
+    reference = Reference(weights.state, False, progress, names)
+    with fresh_output_dir(out, force) as tmp:
+        result = record_calibration(reference.graphs, names, tmp, calibration, samples,
+                                    PARTS if evaluation else PARTS[:1], progress)
+    result.out = str(out)
+    result.files = [str(Path(out) / Path(f).name) for f in result.files]
+    return result
+
+
+def quantize_report(bundle: str | Path, out: str | Path, op_types: str = "worst",
+                    checkpoint_path: str | Path | None = None, calibration: str | Path | None = None,
+                    cache_dir: str | Path | None = None, force: bool = False, progress=lambda message: None):
+    """`toolkit quantize-report`: report.md and sensitivity.png of a quantized bundle under `out` (every
+    precision each component's ladder tried, from the manifest; per operator type for `op_types`: a
+    component, "worst" or "none"). Returns (ladders, per-operator-type rows, files)."""
+    from .outputs import fresh_output_dir, guard_outputs
+    from .quantize.bundle_report import quantize_report as write
+    guard_outputs({"--out": out}, {"bundle": bundle, "--checkpoint": checkpoint_path, "--calibration": calibration,
+                                   "--cache": cache_dir})
+    with fresh_output_dir(out, force) as tmp:
+        ladders, rows, files = write(bundle, tmp, op_types, checkpoint_path, calibration, cache_dir, progress)
+    return ladders, rows, [str(Path(out) / f.name) for f in files]
+
+
 def verify(bundle: str | Path, checkpoint_path: str | Path | None = None, parity: bool = True,
            components: list[str] | None = None, calibration: str | Path | None = None,
            progress=lambda message: None):

@@ -156,6 +156,36 @@ def _build(args) -> None:
           + (f"; archive {report.archive}" if report.archive else ""))
 
 
+def _calibrate(args) -> None:
+    from .api import calibrate
+    components = [name for group in args.components for name in group] or None
+    result = calibrate(args.out, args.checkpoint, args.calibration, components, args.samples, args.evaluation,
+                       args.force, progress=_progress)
+    for part, found in result.statistics.items():
+        recorded = result.description["recorded"][part]["components"]
+        print(f"{part}: " + ", ".join(f"{c} {recorded[c]['recorded']}" for c in found))
+        missing = result.description["not_reached"][part]
+        if missing:
+            print(f"  not reached by the {part} part: {', '.join(missing)}")
+    print(f"calibration set {result.description['directory']} (digest {result.description['digest'][:16]}): "
+          f"feeds and statistics in {result.out} ({', '.join(Path(f).name for f in result.files)})")
+
+
+def _quantize_report(args) -> None:
+    from .api import quantize_report
+    ladders, rows, files = quantize_report(args.bundle, args.out, args.op_types, args.checkpoint, args.calibration,
+                                           args.cache, args.force, progress=_progress)
+    for ladder in ladders:
+        tried = " -> ".join(r["precision"] for r in ladder["rungs"])
+        print(f"  {ladder['component']:18} {ladder['format']:8} {tried}: chose {ladder['chosen']}")
+    for name, found in rows.items():
+        worst = next((r for r in found if "sqnr_db" in r), None)
+        if worst:
+            print(f"{name}: the operator type that costs most alone is {worst['op_type']} "
+                  f"({worst['sqnr_db']:.1f} dB with only it quantized)")
+    print(f"report: {', '.join(files)}")
+
+
 def _verify(args) -> None:
     from .api import verify
     from .machine import cpu_line
@@ -324,6 +354,39 @@ def build_parser() -> argparse.ArgumentParser:
                    "prompts.txt, frames/); default: the shipped calibration/ set")
     s.add_argument("--force", action="store_true", help="replace an existing bundle")
     s.set_defaults(func=_build)
+
+    s = sub.add_parser("calibrate", help="record the inputs every component receives over a calibration set",
+                       description="Run the fp32 pipelines (detector, tracker) over the calibration part of a calibration "
+                       "set and record, per component, the inputs it really receives (what `toolkit build` calibrates "
+                       "quantized precisions with), with per-input statistics (calibration.json, calibration.md).")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory (<part>/<component>/NNNN.npz and the "
+                   "statistics)")
+    s.add_argument("--calibration", metavar="DIR", help="calibration set: images/ (optional prompts.txt, frames/); "
+                   "default: the shipped calibration/ set")
+    s.add_argument("--checkpoint", help="checkpoint .pth (default: the embedded default, NOT trained weights)")
+    s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",
+                   help="record these components only (default: all 13)")
+    s.add_argument("--samples", type=int, metavar="N", help="distinct feeds per component (default 8)")
+    s.add_argument("--evaluation", action="store_true", help="also record the evaluation part (what the accuracy gate "
+                   "measures on)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_calibrate)
+
+    s = sub.add_parser("quantize-report", help="sensitivity table and plot of a quantized bundle",
+                       description="Per component, every precision its ladder tried with the accuracy gate's figures "
+                       "and verdict (from the manifest), and for one component the damage per operator type (one type "
+                       "quantized at a time, measured now on the build's calibration set): report.md and "
+                       "sensitivity.png.")
+    s.add_argument("bundle", help="bundle directory built with a quantized precision")
+    s.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    s.add_argument("--op-types", default="worst", metavar="COMPONENT|worst|none",
+                   help="component measured per operator type (default: the worst quantized ONNX component)")
+    s.add_argument("--checkpoint", help="the checkpoint the bundle was built from (not needed for the embedded default)")
+    s.add_argument("--calibration", metavar="DIR", help="the calibration set the bundle was built with, when it is not "
+                   "the shipped one")
+    s.add_argument("--cache", metavar="DIR", help="export cache (default: ~/.cache/esam3-toolkit/export/<weights>)")
+    s.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    s.set_defaults(func=_quantize_report)
 
     s = sub.add_parser("verify", help="check a bundle: schema, checksums, parity of every artifact runnable here",
                        description="Validate the manifest schema and every file's sha256, then run every artifact "

@@ -16,8 +16,10 @@ float16 converter in onnxruntime.transformers).
   through the same DQ, as in TensorRT's own QAT graphs). The result is checked (`qdq_summary`): every QuantizeLinear /
   DequantizeLinear is int8 with zero point 0. TensorRT builds the engine with --int8 --fp16 from it.
 - **int8-weights**: `quantize_dynamic`: int8 weights of MatMul / Gemm, activations quantized at run
-  time (what wins for the 63M-parameter text encoder). A graph without such weights is refused
-  (nothing would be quantized).
+  time (what wins for the 63M-parameter text encoder), and int8 embedding tables (a Gather of a
+  constant table dequantizes the rows it picks: the text encoder's 49408 x 512 token table is
+  96.5 of its 241 MiB). A graph without MatMul / Gemm weights is refused (nothing would be
+  quantized).
 - **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
   constant 2-D weight becomes com.microsoft MatMulNBits.
 - **fp16**: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
@@ -50,6 +52,7 @@ from .stage import QuantizeError, StageResult, size_of
 FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 WEIGHT_OP_TYPES = ("MatMul", "Gemm")
+TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
 
 
 def op_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
@@ -293,6 +296,7 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
         if not _weight_nodes(pre, op_types):
             raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: weight-only int8 would change "
                                 "nothing")
+        op_types += [t for t in TABLE_OP_TYPES if t not in settings.keep_float]
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                          op_types_to_quantize=op_types, nodes_to_exclude=_excluded(pre, settings.keep_float) or None)
     return (f"dynamic int8 (weights int8 {'per channel' if settings.per_channel else 'per tensor'}, activations "
