@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .model.chain import ground
 from .model.detector import Detector
 from .model.tracker import TrackerModules, memory_mask_probability
 from .spec import DIMS, Dim, TensorSpec, linear_form
@@ -580,38 +581,11 @@ GOLDEN_CLICK = [0.52, 0.45]  # tracker case: relative x, y on frame 0
 
 # --- the component chains -------------------------------------------------------------------------
 
-# run(component name, **named numpy feeds) -> its named numpy outputs: a PyTorch graph, an artifact
-# runner, or a recorder around one; the walks below are written once over it.
-Run = Callable[..., dict[str, np.ndarray]]
+# The detector's walk is `toolkit.model.chain.ground` (the Detector walks it too); the tracker's is below.
 DETECTOR_CHAIN = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
                   "scoring", "segmentation_head")
 TRACKER_CHAIN = ("vision_encoder", "tracker_neck", "prompt_encoder", "mask_decoder", "object_pointer",
                  "memory_encoder", "memory_attention")
-NO_BOXES = (np.zeros((0, 1, 4), np.float32), np.zeros((0, 1), bool))
-
-
-def ground(run: Run, image: Mapping[str, np.ndarray], text: Mapping[str, np.ndarray],
-           boxes: np.ndarray | None = None, box_labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The detector's chain after the image and text encoders (upstream `forward_grounding`):
-    geometry encoder on the boxes (none: zero boxes), prompt = text tokens ++ geometry tokens (with
-    their padding masks), fusion encoder, fusion decoder, scoring, segmentation head.
-
-    `image`: vision_encoder outputs; `text`: text_encoder outputs (or a prompt-cache entry); boxes
-    (boxes, 1, 4) normalised cx, cy, w, h with labels (boxes, 1), True = positive. Returns every
-    output of those components by name, plus `prompt` and `prompt_mask`.
-    """
-    if boxes is None:
-        boxes, box_labels = NO_BOXES
-    geometry = run("geometry_encoder", boxes=np.asarray(boxes, np.float32), box_labels=np.asarray(box_labels, bool),
-                   image_features=image["fpn_72"], image_pos=image["image_pos"])
-    prompt = {"prompt": np.concatenate([text["text_features"], geometry["geometry_tokens"]]),
-              "prompt_mask": np.concatenate([text["text_mask"], geometry["geometry_mask"]], axis=1)}
-    memory = run("fusion_encoder", image_features=image["fpn_72"], image_pos=image["image_pos"], **prompt)
-    decoded = run("fusion_decoder", memory=memory["memory"], image_pos=image["image_pos"], **prompt)
-    scores = run("scoring", queries=decoded["queries"], **prompt)
-    masks = run("segmentation_head", fpn_288=image["fpn_288"], fpn_144=image["fpn_144"], queries=decoded["queries"],
-                memory=memory["memory"], **prompt)
-    return {**geometry, **prompt, **memory, **decoded, **scores, **masks}
 
 
 # --- feeds from the golden fixture ---------------------------------------------------------------

@@ -5,12 +5,13 @@ Checkpoint prefix ``detector.``. The stages run in this order (upstream ``Sam3Im
 
   encode_image   image (B,3,1008,1008) -> FPN levels + position encodings
   encode_text    token ids (B,77) -> text tokens (77,B,256) + padding mask
-  encode_prompt  geometry tokens from boxes, appended to the text tokens -> prompt (L,B,256)
+  encode_geometry  geometry tokens from boxes; the prompt (L,B,256) is the text tokens ++ them
   fuse           fusion encoder: image tokens attend to the prompt -> memory (5184,B,256)
   decode         200 queries + presence token -> hs, boxes, presence logits
   score          dot product of every query with the pooled prompt
   segment        mask logits of every query (B,200,288,288) + semantic map
-  forward_grounding  encode_prompt .. segment, combined into the outputs of upstream's
+  forward_grounding  encode_geometry .. segment, walked as the component chain
+                     (``toolkit.model.chain.ground``) into the outputs of upstream's
                      ``Sam3Image.forward_grounding``
   detections     (module function) post-processing to pixel boxes, scores and masks (numpy)
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from toolkit.model.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
+from toolkit.model.chain import ground
 from toolkit.model.fusion_decoder import FusionDecoder
 from toolkit.model.fusion_encoder import FusionEncoder
 from toolkit.model.geometry import GeometryEncoder
@@ -96,58 +98,30 @@ class Detector(nn.Module):
             record("05d_forward_text", stage_tensors(out))
         return out
 
-    def encode_prompt(
-        self,
-        features: Features,
-        text: dict[str, Tensor],
-        boxes: Tensor | None = None,
-        box_labels: Tensor | None = None,
-        record: Recorder | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Prompt tokens = text tokens, then geometry tokens (boxes and a CLS token).
-
-        boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool, True = positive;
-        None = text only.
-        Returns prompt (77+N+1, B, 256) and prompt_mask (B, 77+N+1), True = padding.
-        """
-        image, image_pos = features["backbone_fpn"][-1], features["vision_pos_enc"][-1]
-        if boxes is None:
-            boxes = image.new_zeros(0, image.shape[0], 4)
-            box_labels = torch.zeros(0, image.shape[0], dtype=torch.bool, device=image.device)
-        geometry = self.geometry_encoder(boxes, box_labels, image, image_pos)
+    def encode_geometry(self, boxes: Tensor, box_labels: Tensor, image_features: Tensor, image_pos: Tensor,
+                        record: Recorder | None = None) -> tuple[Tensor, Tensor]:
+        """Geometry tokens: boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool, True =
+        positive, on the last pyramid level (B,256,72,72) and its position encoding -> tokens
+        (N+1,B,256) (the boxes and a CLS token), padding mask (B,N+1). They follow the text tokens
+        in the prompt."""
+        geometry = self.geometry_encoder(boxes, box_labels, image_features, image_pos)
         if record is not None:
             record("06_geometry_encoder", stage_tensors(geometry))
-        tokens, mask = geometry
-        prompt = torch.cat((text["language_features"], tokens), dim=0)
-        prompt_mask = torch.cat((text["language_mask"], mask), dim=1)
-        return prompt, prompt_mask
+        return geometry
 
-    def fuse(
-        self,
-        features: Features,
-        prompt: Tensor,
-        prompt_mask: Tensor,
-        record: Recorder | None = None,
-    ) -> dict[str, Tensor]:
+    def fuse(self, image_features: Tensor, image_pos: Tensor, prompt: Tensor, prompt_mask: Tensor,
+             record: Recorder | None = None) -> dict[str, Tensor]:
         """Fusion encoder -> {"memory" (5184,B,256), "pos_embed", "memory_text", ...}."""
-        encoded = self.transformer.encoder(
-            features["backbone_fpn"][-1], features["vision_pos_enc"][-1], prompt, prompt_mask
-        )
+        encoded = self.transformer.encoder(image_features, image_pos, prompt, prompt_mask)
         if record is not None:
             record("07_fusion_encoder", stage_tensors(encoded))
         return encoded
 
-    def decode(
-        self,
-        encoded: dict[str, Tensor],
-        prompt: Tensor,
-        prompt_mask: Tensor,
-        record: Recorder | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def decode(self, memory: Tensor, pos_embed: Tensor, prompt: Tensor, prompt_mask: Tensor,
+               record: Recorder | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Decoder -> hs (6,200,B,256), reference boxes (6,200,B,4), presence logits (6,1,B),
         presence feats (1,B,256), seq-first. As upstream, it reads the prompt before the encoder."""
-        decoder = self.transformer.decoder
-        decoded = decoder(encoded["memory"], encoded["pos_embed"], prompt, prompt_mask)
+        decoded = self.transformer.decoder(memory, pos_embed, prompt, prompt_mask)
         if record is not None:
             record("08_decoder", stage_tensors(decoded))
         return decoded
@@ -171,18 +145,10 @@ class Detector(nn.Module):
         box_deltas = self.transformer.decoder.bbox_embed(queries)
         return (inverse_sigmoid(reference_boxes.transpose(0, 1)) + box_deltas).sigmoid()
 
-    def segment(
-        self,
-        features: Features,
-        queries: Tensor,
-        memory: Tensor,
-        prompt: Tensor,
-        prompt_mask: Tensor,
-        record: Recorder | None = None,
-    ) -> dict[str, Tensor]:
+    def segment(self, backbone_fpn: list[Tensor], queries: Tensor, memory: Tensor, prompt: Tensor,
+                prompt_mask: Tensor, record: Recorder | None = None) -> dict[str, Tensor]:
         """Last layer's queries (B,Q,256) -> pred_masks (B,Q,288,288), semantic_seg (B,1,288,288)."""
-        head = self.segmentation_head
-        masks = head(features["backbone_fpn"], queries, memory, prompt, prompt_mask)
+        masks = self.segmentation_head(backbone_fpn, queries, memory, prompt, prompt_mask)
         if record is not None:
             record("10_seg_head", stage_tensors(masks))
         return masks
@@ -195,37 +161,34 @@ class Detector(nn.Module):
         box_labels: Tensor | None = None,
         record: Recorder | None = None,
     ) -> dict[str, Tensor]:
-        """Image features + text (+ boxes) -> outputs of upstream ``forward_grounding`` (last layer):
+        """Image features + text (+ boxes (N,B,4) normalised cx,cy,w,h with box_labels (N,B) bool,
+        True = positive; None = text only) -> outputs of upstream ``forward_grounding`` (last layer):
 
         encoder_hidden_states (5184,B,256), presence_feats (1,B,256), queries (B,200,256),
         presence_logit_dec (B,1), pred_logits (B,200,1) (query logits, presence not applied),
         pred_boxes (B,200,4) normalised cx,cy,w,h, pred_boxes_xyxy (B,200,4),
         pred_masks (B,200,288,288) logits, semantic_seg (B,1,288,288) logits.
+
+        The stages are walked by the component chain (`toolkit.model.chain.ground`), as a bundle's are.
         """
-        prompt, prompt_mask = self.encode_prompt(features, text, boxes, box_labels, record)
-        encoded = self.fuse(features, prompt, prompt_mask, record)
-        memory = encoded["memory"]
-        decoded = self.decode(encoded, prompt, prompt_mask, record)
-        hs, reference_boxes, presence_logits, presence_feats = decoded
-        hs = hs.transpose(1, 2)  # -> batch-first (layers, B, Q, C)
-        queries = hs[-1]
-
-        # The image model keeps the raw query logits; presence enters at post-processing.
-        pred_logits = self.score(hs, prompt, prompt_mask, record)[-1]
-        presence_logit = presence_logits[-1].transpose(0, 1)  # (B, 1)
-
-        pred_boxes = self.predict_boxes(queries, reference_boxes[-1])
-
-        masks = self.segment(features, queries, memory, prompt, prompt_mask, record)
+        fpn, pos = features["backbone_fpn"], features["vision_pos_enc"]
+        if boxes is None:
+            boxes = fpn[-1].new_zeros(0, fpn[-1].shape[0], 4)
+            box_labels = torch.zeros(0, fpn[-1].shape[0], dtype=torch.bool, device=fpn[-1].device)
+        stages = _ChainStages(self, fpn[-1], record)
+        image = {"fpn_288": fpn[0], "fpn_144": fpn[1], "fpn_72": fpn[-1], "image_pos": pos[-1]}
+        prompt = {"text_features": text["language_features"], "text_mask": text["language_mask"]}
+        found = ground(stages, image, prompt, boxes, box_labels, concat=torch.cat)
         out = {
-            "encoder_hidden_states": memory,
-            "presence_feats": presence_feats,
-            "queries": queries,
-            "presence_logit_dec": presence_logit,
-            "pred_logits": pred_logits,
-            "pred_boxes": pred_boxes,
-            "pred_boxes_xyxy": box_cxcywh_to_xyxy(pred_boxes),
-            **masks,
+            "encoder_hidden_states": found["memory"],
+            "presence_feats": stages.presence_feats,
+            "queries": found["queries"],
+            "presence_logit_dec": found["presence_logit"],
+            "pred_logits": found["pred_logits"],
+            "pred_boxes": found["pred_boxes"],
+            "pred_boxes_xyxy": box_cxcywh_to_xyxy(found["pred_boxes"]),
+            "pred_masks": found["pred_masks"],
+            "semantic_seg": found["semantic_seg"],
         }
         if record is not None:
             record("11_grounding_out", stage_tensors(out))
@@ -242,6 +205,45 @@ class Detector(nn.Module):
         grounding outputs."""
         features = self.encode_image(image)
         return self.forward_grounding(features, self.encode_text(token_ids), boxes, box_labels)
+
+
+class _ChainStages:
+    """The Detector's stage methods under the component chain's names and feeds (`ground` calls it as a
+    `run`), recording the golden stages. Beyond the components' outputs it keeps what the grounding
+    outputs and stage 09 hold: every decoder layer (all are scored, as upstream does) and the
+    presence features."""
+
+    def __init__(self, detector: Detector, coarsest: Tensor, record: Recorder | None):
+        self.detector, self.coarsest, self.record = detector, coarsest, record
+        self.layers = self.presence_feats = None
+
+    def __call__(self, name: str, **feeds: Tensor) -> dict[str, Tensor]:
+        return getattr(self, name)(**feeds)
+
+    def geometry_encoder(self, boxes, box_labels, image_features, image_pos):
+        tokens, mask = self.detector.encode_geometry(boxes, box_labels, image_features, image_pos, self.record)
+        return {"geometry_tokens": tokens, "geometry_mask": mask}
+
+    def fusion_encoder(self, image_features, image_pos, prompt, prompt_mask):
+        return {"memory": self.detector.fuse(image_features, image_pos, prompt, prompt_mask, self.record)["memory"]}
+
+    def fusion_decoder(self, memory, image_pos, prompt, prompt_mask):
+        pos_embed = image_pos.flatten(2).permute(2, 0, 1)  # sequence-first, as the fusion encoder's
+        hs, reference_boxes, presence_logits, self.presence_feats = self.detector.decode(
+            memory, pos_embed, prompt, prompt_mask, self.record)
+        self.layers = hs.transpose(1, 2)  # -> batch-first (layers, B, Q, C)
+        queries = self.layers[-1]
+        return {"queries": queries, "pred_boxes": self.detector.predict_boxes(queries, reference_boxes[-1]),
+                "presence_logit": presence_logits[-1].transpose(0, 1)}
+
+    def scoring(self, queries, prompt, prompt_mask):
+        # `queries` is the last of the decoder layers kept above; the image model keeps the raw
+        # query logits (presence enters at post-processing)
+        return {"pred_logits": self.detector.score(self.layers, prompt, prompt_mask, self.record)[-1]}
+
+    def segmentation_head(self, fpn_288, fpn_144, queries, memory, prompt, prompt_mask):
+        return self.detector.segment([fpn_288, fpn_144, self.coarsest], queries, memory, prompt, prompt_mask,
+                                     self.record)
 
 
 def detections(
