@@ -31,6 +31,30 @@ def light_sd():
     return layout_state_dict()
 
 
+def masks_agree(got, ref, ref_value, threshold: float, eps: float) -> int:
+    """Thresholded masks agree wherever the reference value is farther than `eps` from the threshold,
+    and at most 0.1 % of the pixels differ (the golden tolerance for bool masks); returns how many
+    differ (all within `eps` of the threshold: float rounding, counted apart)."""
+    import numpy as np
+    near = np.abs(ref_value - threshold) <= eps
+    differ = got != ref
+    assert not differ[~near].any(), f"{int(differ[~near].sum())} well-conditioned pixels differ"
+    assert differ.sum() <= 1e-3 * ref.size, f"{int(differ.sum())} pixels differ (near the threshold)"
+    return int(differ.sum())
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(tmp_path_factory):
+    """The full-size cpu bundle (embedded default weights), built once per session; the export cache
+    is the toolkit's default one, so a machine that has built a bundle reuses its verified exports."""
+    from toolkit.build import run_build
+    from toolkit.targets import find_target
+    from toolkit.weights import LABEL, synthetic_state_dict
+    out = tmp_path_factory.mktemp("runtime") / "bundle-cpu"
+    run_build(find_target("cpu"), out, synthetic_state_dict(), LABEL, True, golden=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def default_checkpoint(tmp_path_factory):
     """The embedded default checkpoint, written once per test session (live keys only)."""

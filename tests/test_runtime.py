@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import masks_agree
 
 from toolkit.golden import golden_available, golden_path
 
@@ -139,18 +140,6 @@ def test_the_torchless_venv_has_no_torch_and_the_installed_runtime(torchless_pyt
     assert str(REPO) not in where and "site-packages" in where
 
 
-@pytest.fixture(scope="session")
-def cpu_bundle(tmp_path_factory) -> Path:
-    """The full-size cpu bundle (embedded default weights), built once per session; the export cache
-    is the toolkit's default one, so a machine that has built a bundle reuses its verified exports."""
-    from toolkit.build import run_build
-    from toolkit.targets import find_target
-    from toolkit.weights import LABEL, synthetic_state_dict
-    out = tmp_path_factory.mktemp("runtime") / "bundle-cpu"
-    run_build(find_target("cpu"), out, synthetic_state_dict(), LABEL, True, golden=False)
-    return out
-
-
 SEGMENT_SCRIPT = """
     import sys, numpy as np
     from pathlib import Path
@@ -186,17 +175,6 @@ def _compared(results) -> list[dict]:
     return compared
 
 
-def _masks_agree(got: np.ndarray, ref: np.ndarray, ref_value: np.ndarray, threshold: float, eps: float) -> int:
-    """Thresholded masks agree wherever the reference value is farther than `eps` from the threshold,
-    and at most 0.1 % of the pixels differ (the golden tolerance for bool masks); returns how many
-    differ (all within `eps` of the threshold: float rounding, counted apart)."""
-    near = np.abs(ref_value - threshold) <= eps
-    differ = got != ref
-    assert not differ[~near].any(), f"{int(differ[~near].sum())} well-conditioned pixels differ"
-    assert differ.sum() <= 1e-3 * ref.size, f"{int(differ.sum())} pixels differ (near the threshold)"
-    return int(differ.sum())
-
-
 @pytest.mark.full
 @needs_golden
 def test_torchless_runtime_reproduces_segment_on_the_golden_image_cases(torchless_python, cpu_bundle, tmp_path):
@@ -223,7 +201,7 @@ def test_torchless_runtime_reproduces_segment_on_the_golden_image_cases(torchles
         np.testing.assert_allclose(got["scores"], ref.scores, rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(got["boxes_xyxy_px"], ref.boxes_xyxy_px, atol=1e-2)
         np.testing.assert_allclose(got["mask_probs"], ref.mask_probs, atol=1e-3)
-        _masks_agree(got["masks"], ref.masks, ref.mask_probs, 0.5, 1e-3)
+        masks_agree(got["masks"], ref.masks, ref.mask_probs, 0.5, 1e-3)
 
 
 @pytest.mark.full
@@ -250,7 +228,7 @@ def test_torchless_runtime_reproduces_track_on_the_golden_clip(torchless_python,
         assert sorted(z.files) == sorted(ref) == ["frame0", "frame1", "frame2"]
         for name, masks in ref.items():
             logits = captured[f"f{name[5:]}_final__09_final"]["out.video_res_masks"][:, 0]
-            _masks_agree(z[name], masks, logits, 0.0, 1e-3 * np.abs(logits).max() + 1e-5)
+            masks_agree(z[name], masks, logits, 0.0, 1e-3 * np.abs(logits).max() + 1e-5)
 
 
 @pytest.mark.full
