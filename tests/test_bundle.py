@@ -83,10 +83,10 @@ def test_shipped_targets_load_and_say_what_they_produce(capsys):
     names = ("jetson-orin", "ios", "android", "cpu")
     formats = {name: {p.format for p in find_target(name).plans.values()} for name in names}
     assert formats == {"jetson-orin": {"tensorrt"}, "ios": {"coreml", "ptl"}, "android": {"ort"}, "cpu": {"onnx"}}
-    assert find_target("ios").plans["text_encoder"].compression == "linear8"
+    assert find_target("ios").plans["text_encoder"].precision == "palette4"  # gated, down the Core ML ladder
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
-    assert "jetson-orin: NVIDIA Jetson Orin" in out and "coreml   fp16" in out and "tensorrt fp16" in out
+    assert "jetson-orin: NVIDIA Jetson Orin" in out and "coreml   palette4" in out and "tensorrt fp16" in out
 
 
 def test_a_target_is_one_file(tmp_path, monkeypatch, capsys):
@@ -329,8 +329,9 @@ def test_int64_inputs_become_int32(tmp_path):
 def test_coreml_packages_load_and_match_the_declared_specs(state, workdir, tmp_path):
     from toolkit.convert.coreml import inspect_package
     text = Path(find_target("ios").path).read_text()
-    (tmp_path / "ios-small.toml").write_text(text.replace('name = "ios"', 'name = "ios-small"') +
-                                             '\n[components.object_pointer]\ncompression = "linear8"\n')
+    # fp16 with an ungated weight compression (the quantized precisions: tests/test_quantize_build_coreml_ptl.py)
+    text = text.replace('name = "ios"', 'name = "ios-small"').replace('precision = "palette4"', 'precision = "fp16"')
+    (tmp_path / "ios-small.toml").write_text(text + '\n[components.object_pointer]\ncompression = "linear8"\n')
     report = _build(load_target(tmp_path / "ios-small.toml"), workdir / "ios", state, workdir,
                     components=SMALL + ["memory_encoder"])
     root = workdir / "ios"

@@ -1,29 +1,44 @@
-"""The quantization stage, one function for every format that quantizes from the verified ONNX export
-(onnx, ort: ONNX Runtime QDQ / dynamic / 4-bit / fp16; tensorrt: explicit-quantization Q/DQ).
+"""The quantization stage, one implementation for every format that quantizes; what differs per format
+is how a rung is made and run (`_Rungs` subclasses, `RUNGS`):
+
+- onnx, ort (ONNX Runtime QDQ / dynamic / 4-bit / fp16) and tensorrt (explicit-quantization Q/DQ):
+  a quantized ONNX file made from the verified ONNX export, measured with ONNX Runtime;
+- ptl: the quantized TorchScript-lite file (`toolkit.quantize.ptl`: static int8 where torch.fx
+  traces the graph, QNNPACK kernels; dynamic int8 Linear) measured in the lite interpreter with the
+  QNNPACK engine (what arm phones run);
+- coreml: Core ML prediction needs macOS, so a rung is the PyTorch *simulation* of the precision
+  (`toolkit.quantize.coreml.simulate`: W8A8 LinearQuantizer, weight-only linear 8-bit or k-means
+  palettization, fp16 compute), measured with a TorchRunner; the Core ML convert stage then converts
+  the chosen precision once (`simulation_for` hands it the W8A8 module).
 
 For each component the target plans at a quantized precision, the format's ladder (its backend's
-`ladder`) is walked with `toolkit.quantize.choose_precision`: each rung is quantized from the export
-(calibrated on the feeds the fp32 pipelines really pass the component, recorded once per build by
-`job.calibration`), measured alone against the fp32 reference on the evaluation part, and gated.
-Then the components of this format that kept a quantized precision are measured together, end to
-end through the real pipelines (`settle_end_to_end` steps the most sensitive one down until the
-pipelines pass the gate). The chosen artifact replaces the export as the source of the next stages
-(copy, the .ort conversion, the TensorRT-ready ONNX), and `job.quantization[name]` is what the
-manifest records: every rung with its figures and why it stepped down, the end-to-end figures.
+`ladder`) is walked with `toolkit.quantize.choose_precision`: each rung is made (calibrated on the
+feeds the fp32 pipelines really pass the component, recorded once per build by `job.calibration`),
+measured alone against the fp32 reference on the evaluation part, and gated. Then the components of
+this format that kept a quantized precision are measured together, end to end through the real
+pipelines (`settle_end_to_end` steps the most sensitive one down until the pipelines pass the gate).
+A file artifact replaces the export as the source of the next stages (copy, the .ort conversion, the
+TensorRT-ready ONNX), and `job.quantization[name]` is what the manifest records: every rung with its
+figures and why it stepped down, the end-to-end figures.
 
-Quantized artifacts are cached beside the exports (`<cache>/quantized/`), keyed by the export's own
-key, the precision, the flavour, the settings and the calibration set's digest (so a changed photo,
-prompt or setting makes them again); their alone figures are kept in the record, the end-to-end
-figures in a record keyed by the artifacts measured together.
+Cache (`<export cache>/quantized/`), keyed by what the rung starts from (the export's own key; for
+Core ML, which starts from the PyTorch graph, the export key's ingredients: code, declaration,
+weights), the precision, the format's flavour, the settings and the calibration set's digest (so a
+changed photo, prompt or setting makes them again): quantized ONNX and .ptl files with their alone
+figures; Core ML rungs' alone figures (a small JSON record); end-to-end figures, keyed by the
+artifacts measured together. Not cached: Core ML simulations (PyTorch modules as large as the fp32
+graph, and loading a pickled module is not safe): a cache hit does not need one, a miss of the
+end-to-end record or a W8A8 conversion makes it again (weight-only in seconds; W8A8 recalibrates).
 """
 from __future__ import annotations
 
 import json
 import os
+import weakref
 from importlib import metadata
 from pathlib import Path
 
-from ..components import COMPONENTS
+from ..components import COMPONENTS, weights
 from . import base
 
 
@@ -33,33 +48,55 @@ def unquantized(backend: base.Backend) -> tuple[str, ...]:
     return tuple(dict.fromkeys(("fp32", backend.precisions[0])))
 
 
+def _graph_key(job, name: str) -> str:
+    """What `toolkit export` keys a component's artifacts by (code, declaration, weights), for a format
+    that starts from the PyTorch graph itself (Core ML)."""
+    from ..convert import cache
+    from ..export import code_digest, tool_versions
+    comp = COMPONENTS[name]
+    return cache.digest_json({"code": code_digest(), "versions": tool_versions(), "declaration": comp.declaration(),
+                              "weights": cache.digest_tensors(weights(job.state, comp))})
+
+
+# what a flavour's rungs start from, and the library whose version decides what they are
+_SOURCES = {"ort": ("onnx", "onnxruntime"), "tensorrt": ("onnx", "onnxruntime"), "ptl": ("ptl", "torch"),
+            "coreml": (None, "coremltools")}
+
+
 def _key(job, name: str, precision: str, flavour: str) -> str:
     from ..convert import cache
-    source, _ = base.exported_source(job, name, "onnx")
-    record = json.loads(cache.record_path(source).read_text())
+    fmt, library = _SOURCES[flavour]
+    if fmt is None:
+        source_key = _graph_key(job, name)
+    else:
+        source, _ = base.exported_source(job, name, fmt)
+        source_key = json.loads(cache.record_path(source).read_text())["key"]
     settings = job.target.quantization.for_component(name).to_dict()
     settings.pop("gate")  # see Calibration.digest
-    return cache.digest_json({"source": record["key"], "precision": precision, "flavour": flavour,
+    return cache.digest_json({"source": source_key, "precision": precision, "flavour": flavour,
                               "settings": settings, "calibration": job.calibration.digest(name),
-                              "onnxruntime": metadata.version("onnxruntime")})
+                              library: metadata.version(library)})
 
 
 class _Rungs:
-    """Quantize-and-measure of one component, per precision, memoised (the ladder and the end-to-end
-    settling may both need a rung)."""
+    """Make-and-measure of one component, per precision, memoised (the ladder and the end-to-end settling
+    may both need a rung). A subclass says how its format makes a rung (`produce`) and runs it (`open`);
+    this base caches the file with its alone figures."""
+
+    flavour = ""  # names the cached files and keys them
+    suffix = ""   # the rung's file
 
     def __init__(self, job, backend: base.Backend, plan):
         self.job, self.backend, self.plan = job, backend, plan
         self.comp = COMPONENTS[plan.component]
         self.settings = job.target.quantization.for_component(plan.component)
-        self.flavour = "tensorrt" if backend.name == "tensorrt" else "ort"
         self.made: dict[str, dict] = {}
         self.errors: dict[str, str] = {}
 
     def attempt(self, precision: str):
         """(artifact record, alone figures); raises when the quantizer cannot make `precision`."""
         if precision in unquantized(self.backend):
-            return None, {}  # the export itself (fp32) or the engine's own precision: nothing to make here
+            return None, {}  # the export itself (fp32) or the device runtime's own precision: nothing to make here
         if precision not in self.made:
             try:
                 self.made[precision] = self._make(precision)
@@ -68,26 +105,26 @@ class _Rungs:
                 raise
         return self.made[precision], self.made[precision]["alone"]["figures"]
 
+    def calibration_feeds(self, precision: str):
+        """The recorded calibration feeds (a fresh stream per call) where the precision calibrates activations."""
+        return self.job.calibration.feeds("calibration", self.comp.name) if precision == "int8" else None
+
     def _make(self, precision: str) -> dict:
         from ..convert import cache
-        from ..quantize.ort import quantize_onnx
-        from ..runners.ort_runner import OrtRunner
         job, name = self.job, self.comp.name
-        source, _ = base.exported_source(job, name, "onnx")
         key = _key(job, name, precision, self.flavour)
         folder = job.cache_dir / "quantized"
         folder.mkdir(exist_ok=True)
-        dst = folder / f"{name}.{precision}.{self.flavour}.onnx"
+        dst = folder / f"{name}.{precision}.{self.flavour}{self.suffix}"
         found = cache.lookup(dst, key)
         if found.hit:
             job.progress(f"{name}: {precision} ({self.flavour}) from the cache")
             return {**found.record, "path": dst}
-        job.progress(f"{name}: quantizing to {precision} ({self.flavour} flavour)")
+        job.progress(f"{name}: quantizing to {precision} ({self.flavour})")
         tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
         try:
-            feeds = job.calibration.feeds("calibration", name) if precision == "int8" else None
-            result = quantize_onnx(source, tmp, precision, self.settings, feeds, self.flavour)
-            alone = job.calibration.alone(name, job.torch_runner(name), OrtRunner(tmp), self.comp.masks)
+            result = self.produce(precision, tmp)
+            alone = job.calibration.alone(name, job.torch_runner(name), self.open(tmp), self.comp.masks)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
@@ -95,14 +132,140 @@ class _Rungs:
         record = cache.store(dst, key, {"stage": stage, "alone": alone, "calibration": job.calibration.digest(name)})
         return {**record, "path": dst}
 
+    def produce(self, precision: str, path: Path):
+        """Write `precision`'s artifact to `path`; returns the quantizer's StageResult."""
+        raise NotImplementedError
+
+    def open(self, path: Path):
+        """A runner of the artifact at `path`, as the gate measures it."""
+        raise NotImplementedError
+
     def runner(self, precision: str):
         """The runner of `precision`'s artifact for the end-to-end pipelines (None: fp32 / not made)."""
-        from ..runners.ort_runner import OrtRunner
         try:
             made, _ = self.attempt(precision)
         except Exception:  # noqa: BLE001 - recorded in self.errors; measured as fp32
             return None
-        return None if made is None else OrtRunner(made["path"])
+        return None if made is None else self.open(made["path"])
+
+
+class _OnnxRungs(_Rungs):
+    """onnx, ort: ONNX Runtime QDQ / dynamic / 4-bit / fp16; tensorrt: symmetric Q/DQ (toolkit.quantize.ort)."""
+
+    suffix = ".onnx"
+
+    def __init__(self, job, backend, plan):
+        super().__init__(job, backend, plan)
+        self.flavour = "tensorrt" if backend.name == "tensorrt" else "ort"
+
+    def produce(self, precision: str, path: Path):
+        from ..quantize.ort import quantize_onnx
+        source, _ = base.exported_source(self.job, self.comp.name, "onnx")
+        feeds = self.calibration_feeds(precision)
+        return quantize_onnx(source, path, precision, self.settings, feeds, self.flavour)
+
+    def open(self, path: Path):
+        from ..runners.ort_runner import OrtRunner
+        return OrtRunner(path)
+
+
+def _qnnpack_runner(path: Path):
+    """A lite-interpreter runner whose calls run with the QNNPACK engine (what the artifact was packed for,
+    what arm phones run)."""
+    from ..quantize.ptl import use_qnnpack
+    from ..runners.ptl_runner import PtlRunner
+
+    class QnnpackRunner(PtlRunner):
+        def _infer(self, feeds):
+            with use_qnnpack():
+                return super()._infer(feeds)
+    return QnnpackRunner(path)
+
+
+class _PtlRungs(_Rungs):
+    """TorchScript lite: static int8 (FX, QNNPACK) where torch.fx traces the graph, dynamic int8 Linear
+    (toolkit.quantize.ptl), from the PyTorch graph the .ptl export traces."""
+
+    flavour, suffix = "ptl", ".ptl"
+
+    def produce(self, precision: str, path: Path):
+        from ..quantize.ptl import quantize_ptl
+        comp, feeds = self.comp, self.calibration_feeds(precision)
+        return quantize_ptl(self.job.reference.exported_graph(comp), comp.input_names, comp.output_names,
+                            comp.example(), path, precision, self.settings, feeds() if feeds else None)
+
+    def open(self, path: Path):
+        return _qnnpack_runner(path)
+
+
+class _CoreMLRungs(_Rungs):
+    """Core ML: a rung is the PyTorch simulation of the precision (toolkit.quantize.coreml.simulate),
+    measured here; the package is converted once, for the chosen precision, by the convert stage.
+    The record (alone figures, method) is cached; the simulation is not (see the module doc)."""
+
+    flavour = "coreml"
+
+    def __init__(self, job, backend, plan):
+        super().__init__(job, backend, plan)
+        self.simulations: dict = {}
+
+    def simulation(self, precision: str):
+        from ..quantize.coreml import simulate
+        if precision not in self.simulations:
+            comp, feeds = self.comp, self.calibration_feeds(precision)
+            self.job.progress(f"{comp.name}: Core ML {precision} simulation (PyTorch)")
+            self.simulations[precision] = simulate(self.job.reference.exported_graph(comp), comp.inputs,
+                                                   comp.example(), precision, feeds() if feeds else None)
+        return self.simulations[precision]
+
+    def _make(self, precision: str) -> dict:
+        from ..runners.torch_runner import TorchRunner
+        job, name = self.job, self.comp.name
+        key = _key(job, name, precision, self.flavour)
+        folder = job.cache_dir / "quantized"
+        folder.mkdir(exist_ok=True)
+        memo = folder / f"{name}.{precision}.coreml-simulation.json"
+        try:
+            record = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("key") == key:
+            job.progress(f"{name}: {precision} (coreml) gate figures from the cache")
+            return {**record, "path": None}
+        simulation = self.simulation(precision)
+        runner = TorchRunner(simulation.module, self.comp.input_names, self.comp.output_names)
+        alone = job.calibration.alone(name, job.torch_runner(name), runner, self.comp.masks)
+        alone["measured_on"] = ("the PyTorch simulation of the Core ML precision (Core ML prediction needs macOS; "
+                                "the package's own parity is pending a macOS run)")
+        stage = {"format": "coreml", "precision": precision, "method": simulation.method,
+                 "settings": simulation.settings, "file": None,
+                 "notes": ["figures measured on the PyTorch simulation, not the package"]}
+        record = {"key": key, "stage": stage, "alone": alone, "calibration": job.calibration.digest(name)}
+        tmp = memo.with_name(f".{memo.name}.partial-{os.getpid()}")
+        tmp.write_text(json.dumps(record, indent=2, default=float))
+        os.replace(tmp, memo)
+        return {**record, "path": None}
+
+    def runner(self, precision: str):
+        from ..runners.torch_runner import TorchRunner
+        try:
+            made, _ = self.attempt(precision)
+        except Exception:  # noqa: BLE001 - recorded in self.errors; measured as fp32
+            return None
+        if made is None:
+            return None
+        return TorchRunner(self.simulation(precision).module, self.comp.input_names, self.comp.output_names)
+
+
+RUNGS = {"onnx": _OnnxRungs, "ort": _OnnxRungs, "tensorrt": _OnnxRungs, "ptl": _PtlRungs, "coreml": _CoreMLRungs}
+# this build's Core ML rungs, so that the convert stage converts the very W8A8 module the gate measured
+_LIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def simulation_for(job, backend: base.Backend, plan, precision: str):
+    """The Core ML simulation of `precision` the gate measured in this build (made again after a cache hit)."""
+    rungs = _LIVE.get(job, {}).get(plan.component) or _CoreMLRungs(job, backend, plan)
+    return rungs.simulation(precision)
 
 
 def _end_to_end(job, rungs: dict[str, _Rungs], chosen: dict[str, str], floor: tuple[str, ...]):
@@ -144,16 +307,18 @@ def quantize(job, backend: base.Backend, plans: list) -> base.Failures:
     ladders = {}
     for plan in todo:
         try:
-            base.exported_source(job, plan.component, "onnx")
+            if backend.export_from is not None:
+                base.exported_source(job, plan.component, backend.export_from)
         except base.StageFailed as e:
             failures[plan.component] = str(e)
             continue
-        rungs[plan.component] = _Rungs(job, backend, plan)
+        rungs[plan.component] = RUNGS[backend.name](job, backend, plan)
         gate = rungs[plan.component].settings.gate
         ladders[plan.component] = choose_precision(plan.component, backend.name, plan.precision,
                                                    rungs[plan.component].attempt, gate)
         for step in ladders[plan.component].steps:
             job.progress(f"gate: {step}")
+    _LIVE.setdefault(job, {}).update(rungs)
     chosen = {n: ladder.chosen for n, ladder in ladders.items()}
     final, rounds = _end_to_end(job, rungs, chosen, floor) if any(p not in floor for p in chosen.values()) \
         else (chosen, [])
@@ -179,7 +344,8 @@ def quantize(job, backend: base.Backend, plans: list) -> base.Failures:
                                       "failures": rounds[-1]["failures"] if rounds else []}})
         if made is not None:
             record.update({"stage": made["stage"], "alone": made["alone"]})
-            job.quantized_sources[name] = Path(made["path"])
+            if made["path"] is not None:  # a file the next stages start from (Core ML converts in its own stage)
+                job.quantized_sources[name] = Path(made["path"])
         job.quantization[name] = record
         job.set_precision(name, precision)
         if precision != ladder.requested:

@@ -29,6 +29,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,40 @@ def w8a8_simulation(graph: nn.Module, specs, feeds: Iterable[Mapping[str, np.nda
     return quantizer.finalize(inplace=True).eval(), seen
 
 
+@dataclass
+class Simulation:
+    """What the gate measures for a Core ML precision on Linux: `module` computes what the package
+    computes (see the module docstring); `method` / `settings` describe it for the manifest."""
+
+    module: nn.Module
+    method: str
+    settings: dict
+
+
+WEIGHT_METHODS = {"int8-weights": "weight-only linear int8 (symmetric, per channel), fp16 compute",
+                  "palette6": "6-bit k-means palettized weights, fp16 compute",
+                  "palette4": "4-bit k-means palettized weights, fp16 compute"}
+
+
+def simulate(graph: nn.Module, inputs, example: Mapping[str, np.ndarray], precision: str,
+             feeds: Iterable[Mapping[str, np.ndarray]] | None = None) -> Simulation:
+    """The PyTorch simulation of `graph` at Core ML `precision` (int8 needs calibration `feeds`)."""
+    if precision == "int8":
+        if feeds is None:
+            raise QuantizeError("W8A8 needs calibration feeds")
+        module, seen = w8a8_simulation(graph, inputs, feeds, example)
+        return Simulation(module, f"W8A8: LinearQuantizer (symmetric, per-channel int8 weights, uint8 activations) "
+                                  f"on {seen} samples, fp16 compute",
+                          {"scheme": "symmetric", "weight_dtype": "int8", "weight_per_channel": True,
+                           "activation_dtype": "uint8", "observer": "moving_average_min_max", "samples": seen})
+    if precision in COMPRESSION:
+        return Simulation(weight_simulation(graph, precision), WEIGHT_METHODS[precision],
+                          {"compression": COMPRESSION[precision]})
+    if precision in ("fp16", "fp32"):
+        return Simulation(_Half(graph) if precision == "fp16" else graph, f"{precision} compute", {})
+    raise QuantizeError(f"precision {precision!r} is not a Core ML precision")
+
+
 def quantize_coreml(graph: nn.Module, inputs, outputs, example: Mapping[str, np.ndarray], dst: str | Path,
                     precision: str, settings: QuantSettings | None = None,
                     feeds: Iterable[Mapping[str, np.ndarray]] | None = None,
@@ -119,32 +154,15 @@ def quantize_coreml(graph: nn.Module, inputs, outputs, example: Mapping[str, np.
     start = time.perf_counter()
     _quiet()
     notes = ["Core ML prediction needs macOS: figures here are measured on the PyTorch simulation"]
-    used: dict = {"deployment_target": deployment_target}
-    if precision == "int8":
-        if feeds is None:
-            raise QuantizeError("W8A8 needs calibration feeds")
-        simulation, seen = w8a8_simulation(graph, inputs, feeds, example)
-        convert_coreml(simulation, inputs, outputs, example, dst, precision="fp16",
-                       deployment_target=deployment_target)
-        method = f"W8A8: LinearQuantizer (symmetric, per-channel int8 weights, uint8 activations) on {seen} samples"
-        used.update({"scheme": "symmetric", "weight_dtype": "int8", "weight_per_channel": True,
-                     "activation_dtype": "uint8", "observer": "moving_average_min_max", "samples": seen})
-    elif precision in COMPRESSION:
-        simulation = weight_simulation(graph, precision)
-        convert_coreml(graph, inputs, outputs, example, dst, precision="fp16", deployment_target=deployment_target,
-                       compression=COMPRESSION[precision])
-        method = {"int8-weights": "weight-only linear int8 (symmetric, per channel), fp16 compute",
-                  "palette6": "6-bit k-means palettized weights, fp16 compute",
-                  "palette4": "4-bit k-means palettized weights, fp16 compute"}[precision]
-        used["compression"] = COMPRESSION[precision]
-    elif precision in ("fp16", "fp32"):
-        simulation = _Half(graph) if precision == "fp16" else graph
-        convert_coreml(graph, inputs, outputs, example, dst, precision=precision, deployment_target=deployment_target)
-        method = f"{precision} compute"
-    else:
-        raise QuantizeError(f"precision {precision!r} is not a Core ML precision")
+    simulation = simulate(graph, inputs, example, precision, feeds)
+    # W8A8: the finalized (fake-quantized) simulation is what is converted; weight-only precisions
+    # compress the converted fp16 program with coremltools' own algorithms
+    source = simulation.module if precision == "int8" else graph
+    convert_coreml(source, inputs, outputs, example, dst, precision="fp32" if precision == "fp32" else "fp16",
+                   deployment_target=deployment_target, compression=COMPRESSION.get(precision, "none"))
     info = inspect_package(dst)
     if settings.keep_float:
         notes.append(f"keep_float {list(settings.keep_float)} names ONNX operator types: not applied to Core ML")
-    return StageResult(dst, "coreml", precision, method, used, [], info["ops"], time.perf_counter() - start,
-                       size_of(dst), 0, notes, simulation=simulation)
+    return StageResult(dst, "coreml", precision, simulation.method,
+                       {"deployment_target": deployment_target, **simulation.settings}, [], info["ops"],
+                       time.perf_counter() - start, size_of(dst), 0, notes, simulation=simulation.module)
