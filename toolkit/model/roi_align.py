@@ -48,7 +48,9 @@ def _axis_weights(start: Tensor, length: Tensor, bins: int, size: int) -> tuple[
         cells == high[..., None]
     )  # (..., bins, samples, size)
     per_sample = torch.where(used[..., None], per_sample, torch.zeros_like(per_sample))
-    return per_sample.sum(-2), grid
+    # a non-negative axis: ONNX Runtime 1.30 (the newest onnxruntime-node / -web on npm) does not reduce a
+    # negative axis of an empty tensor (no boxes), and the einsum below then fails on the rank
+    return per_sample.sum(per_sample.dim() - 2), grid
 
 
 def roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float = 1.0,
@@ -71,9 +73,8 @@ def roi_align(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: 
         box_h = box_h.clamp(min=1.0)
     weights_y, grid_h = _axis_weights(y0, box_h, output_size, height)  # (B, N, P, H)
     weights_x, grid_w = _axis_weights(x0, box_w, output_size, width)  # (B, N, P, W)
-    # Matmuls, not einsums: ONNX Runtime's Einsum fails when N = 0 (a SIGFPE, and in 1.30 - the newest
-    # onnxruntime-node / -web on npm - "not enough subscript labels" on "bnph,bchw->bncpw").
-    rows = weights_y[:, :, None] @ features[:, None]  # (B, N, C, P, W)
+    rows = torch.einsum("bnph,bchw->bncpw", weights_y, features)
+    # A matmul, not a second einsum: ONNX Runtime's Einsum crashes (SIGFPE) when N = 0.
     pooled = rows @ weights_x.transpose(-1, -2)[:, :, None]
     count = (grid_h * grid_w).clamp(min=1.0)
     return pooled / count[..., None, None, None]
