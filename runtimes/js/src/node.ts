@@ -66,6 +66,7 @@ export function directorySource(dir: string): BundleSource {
 }
 
 /** A bundle directory with its manifest checked and (by default) every file's sha256. */
-export function openBundleDirectory(dir: string, options: OpenOptions = {}): Promise<Bundle> {
+export async function openBundleDirectory(dir: string, options: OpenOptions = {}): Promise<Bundle> {
+  if (!(await lstat(dir).catch(() => null))?.isDirectory()) throw new RuntimeInputError(`bundle ${dir} is not a directory`);
   return openBundle(directorySource(dir), options);
 }
