@@ -64,7 +64,7 @@ CORPUS = [
     "it's we're they've I'm you'll he'd", "multiple   spaces\n\n and lines", "<start_of_text>person<end_of_text>",
     "\u1e9b\u0323", "1234567890", "&nbsp;", "", "   ", "\u200b\u200b",
     # longer than the context: refused by check(), cut to 77 ids (end id last) by the id function
-    "x " * 90, "person " * 80, ("a-b " * 40).strip(), "x" * 300,
+    "x " * 90, "person " * 80, ("a-b " * 40).strip(), ", ".join(["q"] * 50),
 ]
 
 
