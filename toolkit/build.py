@@ -192,9 +192,7 @@ class _Job:
 
     def torch_runner(self, name: str):
         """The fp32 PyTorch reference of a component, as a runner (what the gate compares with)."""
-        from .runners.torch_runner import TorchRunner
-        comp = COMPONENTS[name]
-        return TorchRunner(self.reference.graphs[name], comp.input_names, comp.output_names)
+        return self.reference.runner(name)
 
     def set_precision(self, name: str, precision: str) -> None:
         """The precision the gate chose: what the next stages and the manifest see."""

@@ -201,6 +201,11 @@ class Reference:
             self._cases[comp.name] = cases(comp, self._golden[comp.name] if self.golden else None)
         return self._cases[comp.name]
 
+    def runner(self, name: str) -> TorchRunner:
+        """The fp32 PyTorch reference of a component as a runner (what artifacts and gates compare with)."""
+        comp = COMPONENTS[name]
+        return TorchRunner(self.graphs[name], comp.input_names, comp.output_names)
+
     def forget(self, comp: Component) -> None:
         """Drop a component's cases and reference outputs (the big ones are ~100 MB per case)."""
         self._cases.pop(comp.name, None)
@@ -210,6 +215,5 @@ class Reference:
         if comp.name not in self._outputs:
             inputs = self.inputs(comp)
             self.progress(f"{comp.name}: PyTorch reference on {len(inputs)} cases ({', '.join(inputs)})")
-            runner = TorchRunner(self.graphs[comp.name], comp.input_names, comp.output_names)
-            self._outputs[comp.name] = run_cases(runner, inputs)
+            self._outputs[comp.name] = run_cases(self.runner(comp.name), inputs)
         return self._outputs[comp.name]

@@ -154,7 +154,6 @@ def verify_quantized(comp: Component, entry: dict, path: Path, reference: Refere
     """A quantized artifact against the manifest's recorded gate: its alone figures measured again on the
     evaluation part (the same metrics as the build's); the end-to-end figures are the build's, said so."""
     from .quantize.gate import Gate
-    from .runners.torch_runner import TorchRunner
     fmt = entry["format"]
     reason = BACKENDS[fmt].unavailable()
     if reason:
@@ -165,8 +164,7 @@ def verify_quantized(comp: Component, entry: dict, path: Path, reference: Refere
         runner = artifact_runner(fmt, path, entry["inputs"], entry["outputs"])
     except BundleError as e:
         return {"status": "failed", "runtime": BACKENDS[fmt].runtime(), "cases": [], "failures": [f"{comp.name}: {e}"]}
-    reference_runner = TorchRunner(reference.graphs[comp.name], comp.input_names, comp.output_names)
-    alone = calibration.alone(comp.name, reference_runner, runner, comp.masks)
+    alone = calibration.alone(comp.name, reference.runner(comp.name), runner, comp.masks)
     failures = [f"{comp.name}: alone: {f}" for f in gate.check(alone["figures"])]
     return {"status": "failed" if failures else "passed", "runtime": BACKENDS[fmt].runtime(),
             "checked": f"accuracy gate (alone, {alone['samples']} evaluation samples), re-measured here",
