@@ -50,17 +50,27 @@ def unquantized(backend: base.Backend) -> tuple[str, ...]:
 
 def _graph_key(job, name: str) -> str:
     """What `toolkit export` keys a component's artifacts by (code, declaration, weights), for a format
-    that starts from the PyTorch graph itself (Core ML)."""
-    from ..convert import cache
-    from ..export import code_digest, tool_versions
-    comp = COMPONENTS[name]
-    return cache.digest_json({"code": code_digest(), "versions": tool_versions(), "declaration": comp.declaration(),
-                              "weights": cache.digest_tensors(weights(job.state, comp))})
+    that starts from the PyTorch graph itself (Core ML); computed once per build and component."""
+    keys = _GRAPH_KEYS.setdefault(job, {})
+    if name not in keys:
+        from ..convert import cache
+        from ..export import code_digest, tool_versions
+        comp = COMPONENTS[name]
+        keys[name] = cache.digest_json({"code": code_digest(), "versions": tool_versions(),
+                                        "declaration": comp.declaration(),
+                                        "weights": cache.digest_tensors(weights(job.state, comp))})
+    return keys[name]
+
+
+_GRAPH_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # what a flavour's rungs start from, and the library whose version decides what they are
 _SOURCES = {"ort": ("onnx", "onnxruntime"), "tensorrt": ("onnx", "onnxruntime"), "ptl": ("ptl", "torch"),
             "coreml": (None, "coremltools")}
+# the quantizer's own code, in the key of the flavours added with it (the ONNX flavours' keys, older, leave
+# it out: adding it would make every cached ONNX artifact again)
+_CODE = {"ptl": "ptl.py", "coreml": "coreml.py"}
 
 
 def _key(job, name: str, precision: str, flavour: str) -> str:
@@ -73,9 +83,12 @@ def _key(job, name: str, precision: str, flavour: str) -> str:
         source_key = json.loads(cache.record_path(source).read_text())["key"]
     settings = job.target.quantization.for_component(name).to_dict()
     settings.pop("gate")  # see Calibration.digest
+    code = {}
+    if flavour in _CODE:
+        code["code"] = cache.file_sha256(Path(__file__).resolve().parents[1] / "quantize" / _CODE[flavour])
     return cache.digest_json({"source": source_key, "precision": precision, "flavour": flavour,
                               "settings": settings, "calibration": job.calibration.digest(name),
-                              library: metadata.version(library)})
+                              library: metadata.version(library), **code})
 
 
 class _Rungs:

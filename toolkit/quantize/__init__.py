@@ -41,7 +41,9 @@ make a precision raises `QuantizeError`, which the ladder records as the reason 
         (dynamic), int4-weights (MatMulNBits), fp16, fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
     `coreml.quantize_coreml(graph, inputs, outputs, example, dst, precision, settings, feeds)`:
         int8 (W8A8 LinearQuantizer), int8-weights, palette6, palette4, fp16, fp32; the result's
-        `.simulation` is the PyTorch module the gate measures on Linux.
+        `.simulation` is the PyTorch module the gate measures on Linux. `coreml.simulate(graph,
+        inputs, example, precision, feeds)` makes only that module (what the build's quantize stage
+        gates; its convert stage converts the chosen precision once).
     `ptl.quantize_ptl(graph, input_names, output_names, example, dst, precision, settings, feeds)`:
         int8 (FX static, QNNPACK), int8-weights (dynamic Linear), fp32; run with `ptl.use_qnnpack()`.
 

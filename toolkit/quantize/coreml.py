@@ -57,6 +57,9 @@ class _Half(nn.Module):
 
 def _quiet():
     logging.getLogger("coremltools").setLevel(logging.ERROR)
+    # coremltools.optimize.torch sets its own logger to INFO when first imported (k-means progress per tensor)
+    import coremltools.optimize.torch  # noqa: F401
+    logging.getLogger("coremltools.optimize.torch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="coremltools")
 
 
