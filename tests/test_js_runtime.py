@@ -113,25 +113,34 @@ def test_preprocessing_is_bit_identical_to_the_python_runtime(js, tmp_path, hw):
 
 # --- the full-size cpu bundle ----------------------------------------------------------------------
 
+CASES = [{"name": "txt_person", "prompt": "person", "boxes": [], "threshold": 0.0},
+         {"name": "txt_person_box", "prompt": "person", "boxes": [list(BOX)], "threshold": 0.0}]
+OUTPUTS = ("query_indices", "scores", "boxes_xyxy_px", "mask_probs", "masks")
+
+
+@pytest.fixture(scope="session")
+def js_segments(js, cpu_bundle, tmp_path_factory) -> Path:
+    """The JS segmenter's outputs on the golden image cases (threshold 0: all 200 queries), one run."""
+    out = tmp_path_factory.mktemp("js-segments")
+    (out / "cases.json").write_text(json.dumps(CASES))
+    _node(js, "test/driver.mjs", "segment", str(cpu_bundle), str(golden_path("inputs", "coffee.png")),
+          str(out / "cases.json"), str(out))
+    return out
+
+
 @pytest.mark.full
 @needs_golden
-def test_js_segmenter_reproduces_the_python_runtime_on_the_golden_image_cases(js, cpu_bundle, tmp_path):
+def test_js_segmenter_reproduces_the_python_runtime_on_the_golden_image_cases(js_segments, cpu_bundle):
     from toolkit.runtime import Segmenter, open_bundle
     from toolkit.runtime.cli import load_rgb
-    image = golden_path("inputs", "coffee.png")
-    cases = [{"name": "txt_person", "prompt": "person", "boxes": [], "threshold": 0.0},
-             {"name": "txt_person_box", "prompt": "person", "boxes": [list(BOX)], "threshold": 0.0}]
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    _node(js, "test/driver.mjs", "segment", str(cpu_bundle), str(image), str(tmp_path / "cases.json"), str(tmp_path))
     # sessions are released after use: every component loaded once per image
-    loads = json.loads((tmp_path / "loads.json").read_text())
+    loads = json.loads((js_segments / "loads.json").read_text())
     assert loads.count("vision_encoder") == 2 and loads.count("text_encoder") == 2 and len(loads) == 12
     segmenter = Segmenter(open_bundle(cpu_bundle, checksums=False))
-    rgb = load_rgb(image)
-    for case in cases:
+    rgb = load_rgb(golden_path("inputs", "coffee.png"))
+    for case in CASES:
         ref = segmenter(rgb, case["prompt"], [tuple(b) for b in case["boxes"]], threshold=0.0)
-        got = {k: np.load(tmp_path / case["name"] / f"{k}.npy")
-               for k in ("query_indices", "scores", "boxes_xyxy_px", "mask_probs", "masks")}
+        got = {k: np.load(js_segments / case["name"] / f"{k}.npy") for k in OUTPUTS}
         assert len(ref.scores) == 200  # threshold 0: every query, so every mask is compared
         np.testing.assert_array_equal(got["query_indices"], ref.query_indices)
         np.testing.assert_allclose(got["scores"], ref.scores, rtol=1e-3, atol=1e-5)
@@ -206,7 +215,7 @@ def test_js_bundle_refusals_are_one_line(js, cpu_bundle, tmp_path):
 
 @pytest.mark.full
 @needs_golden
-def test_the_web_example_segments_an_image_in_headless_chromium(js, cpu_bundle, tmp_path):
+def test_the_web_example_segments_an_image_in_headless_chromium(js, cpu_bundle, js_segments, tmp_path):
     """The page (onnxruntime-web, WebAssembly, the cpu bundle's .onnx files) segments coffee.png and
     finds what the Node runtime finds."""
     if CHROMIUM is None:
@@ -222,12 +231,12 @@ def test_the_web_example_segments_an_image_in_headless_chromium(js, cpu_bundle, 
     page = json.loads(done.stdout.strip().splitlines()[-1])
     assert page["crossOriginIsolated"] and (tmp_path / "page.png").stat().st_size > 10_000
     # the page kept the 3 best queries (threshold 0); the Node runtime on the same image: every query
-    cases = [{"name": "node", "prompt": "person", "boxes": [], "threshold": 0.0}]
-    (tmp_path / "cases.json").write_text(json.dumps(cases))
-    _node(js, "test/driver.mjs", "segment", str(cpu_bundle), str(image), str(tmp_path / "cases.json"), str(tmp_path))
-    node = {k: np.load(tmp_path / "node" / f"{k}.npy") for k in ("scores", "boxes_xyxy_px", "masks", "mask_probs")}
-    kept = np.sort(np.argsort(-node["scores"], kind="stable")[:3])
-    assert page["count"] == 3 and page["queries"] == kept.tolist()
+    node = {k: np.load(js_segments / "txt_person" / f"{k}.npy") for k in OUTPUTS}
+    # (the best 3 of 200 untrained scores can lie within float error of the 4th: a query counts as one
+    # of the best 3 when its Node score is within the score tolerance of the 3rd best)
+    third = np.sort(node["scores"])[-3]
+    kept = np.array(page["queries"])
+    assert page["count"] == 3 and (node["scores"][kept] >= third - 1e-3 * third - 1e-5).all()
     np.testing.assert_allclose(page["scores"], node["scores"][kept], rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(np.reshape(page["boxes"], (-1, 4)), node["boxes_xyxy_px"][kept], atol=1e-2)
     # mask areas: equal up to the pixels within float error of the threshold (WebAssembly rounds differently)
