@@ -639,3 +639,22 @@ def test_sensitivity_report(convnet_onnx, tmp_path):
     assert "| convnet | ort | int8 |  |" in text and "(min_sqnr_db)" in text and "| convnet | ort | fp32 | **yes** |" in text
     assert "| Conv | 2 |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(png).size[0] > 100
+
+
+def _crash():
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _refuse(message):
+    raise ValueError(message)
+
+
+def test_a_quantizer_crash_is_a_reason_to_step_down_not_the_end_of_the_build():
+    from toolkit.quantize.stage import isolated
+    with pytest.raises(QuantizeError, match=r"the quantizer crashed \(signal SIGSEGV\) in _crash"):
+        isolated(_crash)
+    with pytest.raises(QuantizeError, match="ValueError: no way"):
+        isolated(_refuse, "no   way")
+    assert isolated(sorted, [3, 1, 2]) == [1, 2, 3]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 import time
@@ -47,12 +48,29 @@ import numpy as np
 import onnx
 
 from .gate import QuantSettings
-from .stage import QuantizeError, StageResult, size_of
+from .stage import QuantizeError, StageResult, isolated, size_of
 
 FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
 TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 WEIGHT_OP_TYPES = ("MatMul", "Gemm")
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
+
+
+class _NoRankOneAxis(logging.Filter):
+    """onnxruntime's per-channel quantizer warns once per 1-D weight (LayerNorm scales: one axis, so
+    it quantizes them per tensor, as it should) through the root logger: dozens of lines per graph."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+
+def _quiet_per_channel_warnings() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _NoRankOneAxis) for f in root.filters):
+        root.addFilter(_NoRankOneAxis())
+    for handler in root.handlers:  # a filter on the logger does not see records of child loggers
+        if not any(isinstance(f, _NoRankOneAxis) for f in handler.filters):
+            handler.addFilter(_NoRankOneAxis())
 
 
 def op_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
@@ -200,7 +218,14 @@ def quantize_onnx(src: str | Path, dst: str | Path, precision: str, settings: Qu
     """Quantize the ONNX file `src` to `dst` at `precision` (int8 | int8-weights | int4-weights | fp16 |
     fp32); `feeds` (an iterable of feed dicts, or a callable returning a fresh iterator: a
     `FeedStore.iter` bound to the component) is needed for int8. `flavour` "tensorrt" makes the
-    int8 graph TensorRT's explicit-quantization form."""
+    int8 graph TensorRT's explicit-quantization form. Runs in a child process (`stage.isolated`):
+    a native crash of the quantizer is a QuantizeError, not the end of the build."""
+    return isolated(_quantize_onnx, src, dst, precision, settings, feeds, flavour)
+
+
+def _quantize_onnx(src, dst, precision: str, settings: QuantSettings | None, feeds: FeedSource | None,
+                   flavour: str) -> StageResult:
+    _quiet_per_channel_warnings()
     settings = settings or QuantSettings()
     src, dst = Path(src), Path(dst)
     if flavour not in ("ort", "tensorrt"):

@@ -2,6 +2,10 @@
 precision for a graph (the ladder records the message as the reason to step down)."""
 from __future__ import annotations
 
+import multiprocessing
+import signal
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,3 +45,42 @@ def size_of(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def isolated(fn: Callable, *args, **kwargs):
+    """`fn(*args, **kwargs)` in a forked child process, so that a crash of native code (onnxruntime's
+    calibration sessions have died with SIGSEGV on full-size graphs) becomes a QuantizeError - the
+    ladder steps down with the reason - instead of killing the build. Fork, not spawn: the child
+    inherits the feed readers (closures over files on disk) and needs no re-import; it runs numpy and
+    onnxruntime only. The result and any exception travel back pickled; an exception comes back as a
+    QuantizeError with its message."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child():
+        receive.close()
+        try:
+            send.send(("ok", fn(*args, **kwargs)))
+        except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as one line
+            send.send(("error", f"{err}" if isinstance(err, QuantizeError) else
+                       f"{type(err).__name__}: {' '.join(str(err).split())[:300]}", traceback.format_exc()[-2000:]))
+        finally:
+            send.close()
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    send.close()
+    try:
+        message = receive.recv()
+    except EOFError:  # the child died without a word: a native crash
+        message = None
+    finally:
+        process.join()
+        receive.close()
+    if message is None:
+        code = process.exitcode
+        why = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        raise QuantizeError(f"the quantizer crashed ({why}) in {getattr(fn, '__name__', 'its process')}")
+    if message[0] == "error":
+        raise QuantizeError(message[1])
+    return message[1]
