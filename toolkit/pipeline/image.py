@@ -15,6 +15,8 @@ from ..errors import ToolkitError
 from ..model.detector import detections
 from ..model.recording import Recorder
 from ..preprocess import preprocess_image
+from ..runtime.errors import RuntimeInputError
+from ..runtime.image import boxes_to_prompt, check_boxes
 from ..tokenizer import Tokenizer, check_prompt_text
 from .stages import DetectorStages
 
@@ -31,25 +33,20 @@ class Detections:
 
 
 def check_prompt(prompt: str, boxes_xyxy, image_hw: tuple[int, int]) -> None:
-    """Reject an empty or too long text prompt and boxes that are empty or leave the image."""
+    """Reject an empty or too long text prompt and boxes that are empty or leave the image (the
+    runtime's box check: one definition, the runtime imports no torch)."""
     check_prompt_text(prompt)
-    height, width = image_hw
-    for x0, y0, x1, y1 in boxes_xyxy:
-        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-            raise ToolkitError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
-                               f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
+    try:
+        check_boxes(boxes_xyxy, image_hw)
+    except RuntimeInputError as e:
+        raise ToolkitError(str(e)) from e
 
 
 def boxes_px_to_prompt(boxes_xyxy: list[tuple[float, float, float, float]], image_hw: tuple[int, int],
                        positive: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel x0,y0,x1,y1 boxes -> the detector's (N,1,4) normalised cx,cy,w,h and (N,1) labels."""
-    height, width = image_hw
-    rows = []
-    for x0, y0, x1, y1 in boxes_xyxy:
-        rows.append([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height])
-    boxes = torch.tensor(rows, dtype=torch.float32).reshape(-1, 1, 4)
-    labels = torch.tensor(positive, dtype=torch.bool).reshape(-1, 1)
-    return boxes, labels
+    """Pixel x0,y0,x1,y1 boxes -> the detector's (N,1,4) normalised cx,cy,w,h and (N,1) labels (the runtime's)."""
+    boxes, labels = boxes_to_prompt(boxes_xyxy, positive, image_hw)
+    return torch.from_numpy(boxes), torch.from_numpy(labels)
 
 
 class ImageSegmenter:

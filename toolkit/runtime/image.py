@@ -62,9 +62,19 @@ class PromptCache:
         return {"text_features": found[0][:, None], "text_mask": found[1][None]}
 
 
+def check_boxes(boxes_xyxy, image_hw) -> None:
+    """Refuse boxes (pixel x0,y0,x1,y1) that are empty, inverted or leave the image (also the check of
+    `toolkit segment`: `toolkit.pipeline.image.check_prompt`)."""
+    height, width = image_hw
+    for x0, y0, x1, y1 in boxes_xyxy:
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise RuntimeInputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
+                                    f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
+
+
 def boxes_to_prompt(boxes_xyxy, positive, image_hw) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel x0,y0,x1,y1 boxes -> (N,1,4) normalised cx,cy,w,h float32 and (N,1) bool labels.
-    (Python floats, then float32: the reference's rounding.)"""
+    """Pixel x0,y0,x1,y1 boxes -> (N,1,4) normalised cx,cy,w,h float32 and (N,1) bool labels (Python
+    floats, then float32; also `toolkit segment`'s: `toolkit.pipeline.image.boxes_px_to_prompt`)."""
     height, width = image_hw
     rows = [[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
             for x0, y0, x1, y1 in boxes_xyxy]
@@ -93,11 +103,7 @@ class Segmenter:
 
     def check(self, prompt: str, boxes_xyxy, image_hw) -> None:
         self.tokenizer.check(prompt)
-        height, width = image_hw
-        for x0, y0, x1, y1 in boxes_xyxy:
-            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-                raise RuntimeInputError(f"box {x0:g},{y0:g},{x1:g},{y1:g} is not a non-empty box inside the "
-                                        f"{width}x{height} image (x0,y0,x1,y1 in pixels)")
+        check_boxes(boxes_xyxy, image_hw)
 
     def __call__(self, rgb: np.ndarray, prompt: str, boxes_xyxy_px=(), box_positive=None, threshold: float = 0.5,
                  max_objects: int | None = None, record: Record | None = None) -> Detections:
