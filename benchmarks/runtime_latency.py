@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtime_memory import BOX, REPO, child, make_frames
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from toolkit.bench.scenarios import prepare_inputs
+from toolkit.bench.wholerun import scenario_spec, whole_run
 from toolkit.machine import cpu_line
 
 
@@ -34,16 +34,13 @@ def main() -> None:
     result = {"cpu": cpu_line(), "threads": args.threads, "repeats": args.repeats, "frames": args.frames,
               "load_before": os.getloadavg(), "scenarios": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "frames").mkdir()
-        frames = make_frames(Path(tmp) / "frames", args.frames)
-        for scenario in ("image_text", "track"):
+        inputs = prepare_inputs(Path(tmp) / "inputs", args.frames)
+        for scenario in ("image_text", "tracking"):
             times = {"before": [], "after": []}
             for _ in range(args.repeats):
                 for side, bundle, lean in (("before", args.before, False), ("after", args.after, True)):
-                    spec = {"kind": "runtime", "scenario": scenario, "bundle": str(Path(bundle).resolve()),
-                            "lean": lean, "image": str(REPO / "docs" / "coffee.png"), "frames": str(frames),
-                            "box": list(BOX)}
-                    times[side].append(child(spec, args.threads)["wall_s"])
+                    spec = scenario_spec("runtime", scenario, inputs, Path(bundle).resolve(), lean=lean)
+                    times[side].append(whole_run(spec, args.threads)["wall_s"])
                     print(scenario, side, times[side][-1], flush=True)
             med = {k: statistics.median(v) for k, v in times.items()}
             result["scenarios"][scenario] = {"wall_s": times, "median_s": med,

@@ -62,3 +62,47 @@ def default_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "default.pth"
     write_default_checkpoint(path)
     return path
+
+
+# --- small bundles, built once per session (object_pointer + prompt_encoder: seconds, not minutes) ------------
+
+SMALL_COMPONENTS = ["object_pointer", "prompt_encoder"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_state():
+    from toolkit.weights import synthetic_state_dict
+    return synthetic_state_dict()
+
+
+@pytest.fixture(scope="session")
+def small_builds(tmp_path_factory):
+    """The folder of the session's small bundles and of their export cache (`cache/`)."""
+    return tmp_path_factory.mktemp("small-builds")
+
+
+@pytest.fixture(scope="session")
+def small_cpu_bundle(synthetic_state, small_builds):
+    """The shipped cpu target (fp32 .onnx) with the small components only."""
+    from toolkit.build import run_build
+    from toolkit.targets import find_target
+    from toolkit.weights import LABEL
+    run_build(find_target("cpu").with_precision("fp32"), small_builds / "cpu", synthetic_state, LABEL, True,
+              components=SMALL_COMPONENTS, cache_dir=small_builds / "cache", golden=False)
+    return small_builds / "cpu"
+
+
+@pytest.fixture(scope="session")
+def small_int8_bundle(synthetic_state, small_builds):
+    """(bundle, build messages): the small components as int8 .ort, calibrated on 2 samples through the
+    tracker pipeline and gated (about a minute)."""
+    from toolkit.build import run_build
+    from toolkit.targets import load_target
+    from toolkit.weights import LABEL
+    target = small_builds / "q.toml"
+    target.write_text('schema = 1\nname = "q"\ndescription = "test"\n[defaults]\nformat = "ort"\nprecision = "int8"\n'
+                      'fallback = "ptl"\n[quantization]\nsamples = 2\n')
+    messages = []
+    run_build(load_target(target), small_builds / "int8", synthetic_state, LABEL, True, components=SMALL_COMPONENTS,
+              cache_dir=small_builds / "cache", golden=False, progress=messages.append)
+    return small_builds / "int8", messages

@@ -42,19 +42,19 @@ from toolkit.errors import ToolkitError
 from toolkit.spec import DIMS
 from toolkit.targets import available, find_target, load_target
 from toolkit.verify_bundle import verify_bundle
-from toolkit.weights import LABEL, synthetic_state_dict
+from toolkit.weights import LABEL
 
 SMALL = ["object_pointer", "prompt_encoder"]
 
 
 @pytest.fixture(scope="module")
-def state():
-    return synthetic_state_dict()
+def state(synthetic_state):
+    return synthetic_state
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("bundles")
+def workdir(small_builds):
+    return small_builds  # the session's small bundles and their export cache (conftest)
 
 
 def _build(target, out, state, workdir, **kw):
@@ -64,9 +64,8 @@ def _build(target, out, state, workdir, **kw):
 
 
 @pytest.fixture(scope="module")
-def cpu_bundle(state, workdir):
-    _build("cpu", workdir / "cpu", state, workdir)
-    return workdir / "cpu"
+def cpu_bundle(small_cpu_bundle):
+    return small_cpu_bundle  # the cpu target, SMALL, in workdir / "cpu" (conftest)
 
 
 def _one_line_error(capsys, argv) -> str:

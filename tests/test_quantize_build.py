@@ -28,7 +28,7 @@ from toolkit.quantize.gate import FORMAT_PRECISIONS, LADDERS
 from toolkit.quantize.session import Calibration
 from toolkit.targets import find_target, load_target
 from toolkit.verify_bundle import verify_bundle
-from toolkit.weights import LABEL, synthetic_state_dict
+from toolkit.weights import LABEL
 
 SMALL = ["object_pointer", "prompt_encoder"]
 
@@ -43,22 +43,19 @@ ORT_INT8 = '[defaults]\nformat = "ort"\nprecision = "int8"\nfallback = "ptl"\n[q
 
 
 @pytest.fixture(scope="module")
-def state():
-    return synthetic_state_dict()
+def state(synthetic_state):
+    return synthetic_state
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("qbuild")
+def workdir(small_builds):
+    return small_builds  # holds the session's small bundles and their export / quantization cache (conftest)
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(state, workdir):
-    messages = []
-    target = load_target(_target(workdir, ORT_INT8))
-    run_build(target, workdir / "int8", state, LABEL, True, components=SMALL, cache_dir=workdir / "cache",
-              golden=False, progress=messages.append)
-    return workdir / "int8", messages
+def int8_bundle(small_int8_bundle):
+    """(bundle, build messages): SMALL as int8 .ort with ORT_INT8's settings (built once, conftest)."""
+    return small_int8_bundle
 
 
 # --- precisions as data -------------------------------------------------------------------------------

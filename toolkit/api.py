@@ -285,9 +285,15 @@ class BenchResult:
 def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts: str | Path | None = None,
           device: str = "local", components: list[str] | None = None, runners: list[str] | None = None,
           scenarios: list[str] | None = None, threads: int | None = None, repeats: int | None = None,
-          quick: bool = False, force: bool = False, progress=lambda message: None) -> BenchResult:
+          quick: bool = False, force: bool = False, progress=lambda message: None,
+          bundles: list[str | Path] | None = None) -> BenchResult:
     """`toolkit bench`: latency percentiles, peak memory, FLOPs per component x runner, and the end-to-end
-    scenarios, on `device`; writes results.json, results.md and PNG plots under `out`."""
+    scenarios, on `device`; writes results.json, results.md and PNG plots under `out`.
+
+    `bundles` (`--bundle`): time each bundle's artifacts per component (interleaved with the reference
+    runners, by default `torch` and `onnx`: the fp32 export in `artifacts`), run the scenarios from each
+    bundle with the torch-free runtime beside the eager pipeline, and measure each bundle's size and the
+    whole runs' peak memory in fresh processes (`toolkit.bench.bundles`); local only."""
     from .bench import BenchConfig, run_bench
     from .bench import report as bench_report
     from .bench.backends import RUNNER_ALIASES, RUNNER_KINDS
@@ -295,8 +301,12 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
     from .components import COMPONENTS
     from .outputs import fresh_output_dir, guard_outputs
 
-    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--artifacts": artifacts})
+    bundles = [str(b) for b in bundles or []]
+    guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--artifacts": artifacts,
+                                   **{"--bundle" + (f" #{i + 1}" if i else ""): b for i, b in enumerate(bundles)}})
     components = list(COMPONENTS) if components is None else list(components)
+    if bundles and runners is None:
+        runners = ["torch", "onnx"]  # the fp32 references of a bundle: eager and the fp32 export
     if runners is not None:
         for name in runners:
             if name in RUNNER_ALIASES:
@@ -317,9 +327,13 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
         raise ToolkitError(f"--artifacts {artifacts} is not a directory")
     if checkpoint_path is not None:
         checkpoint.load_checkpoint(checkpoint_path)  # fail here, not on the device
+    if bundles:
+        from .bench.bundles import check_request
+        check_request(bundles, device)  # a path that is not a bundle: one line before anything runs
     config = BenchConfig(components, runners, scenarios, threads=threads, quick=quick,
                          checkpoint=str(checkpoint_path) if checkpoint_path else None,
-                         artifacts=str(Path(artifacts).resolve()) if artifacts else None)
+                         artifacts=str(Path(artifacts).resolve()) if artifacts else None,
+                         bundles=[str(Path(b).resolve()) for b in bundles])
     if repeats is not None:
         config.repeats = repeats
     with fresh_output_dir(out, force) as tmp:

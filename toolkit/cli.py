@@ -113,7 +113,7 @@ def _bench(args) -> None:
     components, scenarios = flat(args.components), flat(args.scenarios)
     result = bench(args.out, args.checkpoint, args.artifacts, args.device, [] if components == ["none"] else components,
                    flat(args.runners), [] if scenarios == ["none"] else scenarios, args.threads, args.repeats,
-                   args.quick, args.force, progress=_progress)
+                   args.quick, args.force, progress=_progress, bundles=args.bundle)
     rows = result.results["components"] + result.results["scenarios"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed")}
     print(Path(result.out_dir, "results.md").read_text())
@@ -311,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "machine or on an ssh device. A runner that cannot run is listed as skipped with the reason.")
     s.add_argument("--checkpoint", help="checkpoint .pth for the PyTorch runs (default: the embedded default)")
     s.add_argument("--artifacts", metavar="DIR", help="`toolkit export` directory with the .onnx / .ort / .ptl files")
+    s.add_argument("--bundle", action="append", default=[], metavar="DIR",
+                   help="a bundle (`toolkit build`) to time, repeatable: each artifact on the runner its format "
+                        "needs, interleaved with the torch and onnx runners (fp32: --artifacts), the scenarios "
+                        "from the bundle with the torch-free runtime beside eager, its size on disk and the "
+                        "whole runs' peak memory (fresh processes); local only")
     s.add_argument("--device", default="local", metavar="local|ssh://user@host[:port]",
                    help="where to measure (ssh options: ?python=PATH&ssh_config=FILE); default local")
     s.add_argument("--components", action="append", type=_names, default=[], metavar="NAME[,NAME...]",

@@ -6,6 +6,8 @@
   flops.py      FLOPs from the ONNX graph (or torch's flop counter without one)
   peak.py       this machine's fp32 matmul ceiling, measured in the same run
   scenarios.py  end-to-end: image + text, image + text + boxes, tracking (eager and per runner)
+  bundles.py    `--bundle`: each bundle's artifacts and runtime scenarios beside fp32 / eager, sizes
+  wholerun.py   peak RSS of whole runs (runtime from a bundle, eager), each in a fresh process
   devices.py    local, or ssh://user@host[:port] (copy, run with the device's Python, bring back)
   report.py     the versioned JSON schema, Markdown, PNG plots
 

@@ -11,6 +11,7 @@ percentiles are numpy's linear interpolation, std is the sample standard deviati
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +48,7 @@ class BenchConfig:
     checkpoint: str | None = None
     artifacts: str | None = None
     inputs: str | None = None  # image.png + frames/ (scenarios.prepare_inputs)
+    bundles: list[str] = field(default_factory=list)  # bundle directories (bundles.py)
 
     def __post_init__(self):
         if self.quick:
@@ -61,6 +64,14 @@ class BenchConfig:
         config = cls(**{k: v for k, v in data.items() if k in names and k != "quick"})
         config.quick = bool(data.get("quick"))  # the values above are already the quick ones
         return config
+
+
+def with_changes(config: BenchConfig, **changes) -> BenchConfig:
+    """A copy of `config` with `changes` (no __post_init__: --quick's values stay as they were set)."""
+    changed = copy.copy(config)
+    for key, value in changes.items():
+        setattr(changed, key, value)
+    return changed
 
 
 def summarize(seconds: Sequence[float]) -> dict:
@@ -236,18 +247,22 @@ def measure(config: BenchConfig, progress: Progress = lambda message: None) -> d
     peak = matmul_peak(threads)
     progress(f"peak {peak['peak_gflops']:.0f} GFLOP/s (median {peak['median_gflops']:.0f})")
     sources = Sources(config.checkpoint, config.artifacts, threads, progress)
-    rows, flops = _component_rows(config, sources, peak, progress)
-    memory = {"measured": False, "reason": "--quick" if config.quick else "not asked for"}
-    if config.memory:
-        memory = _memory(config, rows, threads, progress)
-    scenario_rows = scenario_mod.run_scenarios(config, sources, progress)
+    extra = {}
+    if config.bundles:
+        rows, flops, scenario_rows, memory, extra = _bundle_mode(config, sources, progress)
+    else:
+        rows, flops = _component_rows(config, sources, peak, progress)
+        memory = {"measured": False, "reason": "--quick" if config.quick else "not asked for"}
+        if config.memory:
+            memory = _memory(config, rows, threads, progress)
+        scenario_rows = scenario_mod.run_scenarios(config, sources, progress)
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 1),
         "config": config.to_json(),
         "threads": threads,
-        "weights": sources.weights_label if ("torch" in config.runners or config.scenarios) else None,
+        "weights": sources.weights_label if "weights" in sources.__dict__ else None,  # None: no PyTorch run
         "device": device,
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "peak": peak,
@@ -255,7 +270,30 @@ def measure(config: BenchConfig, progress: Progress = lambda message: None) -> d
         "flops": flops,
         "memory": memory,
         "scenarios": scenario_rows,
+        **extra,
     }
+
+
+def _bundle_mode(config: BenchConfig, sources, progress: Progress) -> tuple:
+    """`--bundle`: every bundle's artifacts and runtime scenarios beside the reference runners (bundles.py)."""
+    from . import bundles as bundle_mod
+
+    opened, items, taken = [], [], set()
+    for path in config.bundles:
+        try:
+            opened.append(bundle_mod.open_one(path, taken))
+            items.append(opened[-1].describe())
+        except Exception as e:  # noqa: BLE001 - checked before the run; a bundle changed since is reported
+            items.append({"label": Path(path).name, "path": path, "status": "skipped", "reason": _error(e)})
+            progress(f"bundle {path}: skipped ({_error(e)})")
+    names = [n for n in config.components if any(n in b.manifest["components"] for b in opened)]
+    config = with_changes(config, components=names, threads=sources.threads)
+    rows = bundle_mod.component_rows(config, opened, sources, progress)
+    scenario_rows = bundle_mod.scenario_rows(config, opened, sources, progress)
+    whole = bundle_mod.whole_runs(config, opened, scenario_rows, progress)
+    memory = {"measured": False, "reason": "with --bundle, whole runs are measured (bundles.whole_run), not "
+                                           "components"}
+    return rows, {}, scenario_rows, memory, {"bundles": {"items": items, "whole_run": whole}}
 
 
 def _progress(message: str) -> None:

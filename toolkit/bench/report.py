@@ -16,6 +16,13 @@ Schema `toolkit.bench/1` (one document per device and run):
   scenarios   rows: scenario, runner (eager | runner kind), status, reason, description,
               latency_ms, ratio_to_eager, detail, load_1min
   notes       (optional) remarks added to a finished document, one string each
+  bundles     (with --bundle) items: label, path, target, status (ok | skipped with reason), size_bytes
+              (every file on disk), other_bytes (manifest, tokenizer, prompt cache, ...), weights,
+              components {name: file, format, precision, size_bytes}; whole_run: measured, method,
+              runtime_import_mib (or reason).
+              Component and scenario rows of a bundle have runner "bundle:<label>", bundle, and
+              ratio_to_fp32 / fp32_reference; its scenario rows, and the eager ones, whole_run
+              {peak_rss_mib, wall_s} (or error)
 """
 from __future__ import annotations
 
@@ -55,6 +62,17 @@ def validate(doc: dict) -> dict:
                     raise ValueError(f"results: {where}[{i}].latency_ms lacks {missing}")
             elif not row.get("reason"):
                 raise ValueError(f"results: {where}[{i}] is {row['status']} without a reason")
+    if "bundles" in doc:
+        section = doc["bundles"]
+        if not isinstance(section, dict) or not isinstance(section.get("items"), list) \
+                or not isinstance(section.get("whole_run"), dict):
+            raise ValueError("results: 'bundles' needs a list 'items' and an object 'whole_run'")
+        for i, item in enumerate(section["items"]):
+            if item.get("status") == "ok":
+                if not isinstance(item.get("size_bytes"), int) or not isinstance(item.get("components"), dict):
+                    raise ValueError(f"results: bundles.items[{i}] lacks size_bytes or components")
+            elif item.get("status") != "skipped" or not item.get("reason"):
+                raise ValueError(f"results: bundles.items[{i}] is neither ok nor skipped with a reason")
     return doc
 
 
@@ -133,7 +151,7 @@ def markdown(doc: dict) -> str:
         lines += ["", "### Not run", ""]
         lines += _table(["component", "runner", "status", "reason"],
                         [[r["component"], r["runner"], r["status"], _reason(r)] for r in other])
-    if doc["scenarios"]:
+    if doc["scenarios"] and not doc.get("bundles"):  # with --bundle: the per-bundle scenario table below
         lines += ["", "## End-to-end scenarios", ""]
         srows = []
         for r in doc["scenarios"]:
@@ -147,6 +165,8 @@ def markdown(doc: dict) -> str:
                         srows)
         lines += ["", *(f"- {name}: {desc}" for name, desc in
                         {r["scenario"]: r.get("description", "") for r in doc["scenarios"]}.items())]
+    if doc.get("bundles"):
+        lines += bundle_markdown(doc)
     if doc.get("notes"):
         lines += ["", "## Notes", "", *(f"- {note}" for note in doc["notes"])]
     if doc["flops"]:
@@ -157,6 +177,70 @@ def markdown(doc: dict) -> str:
              ", ".join(f"{k} x{v}" for k, v in (f.get("uncounted") or {}).items()) or "-"]
             for name, f in doc["flops"].items() if f])
     return "\n".join(lines) + "\n"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else sig3(n / 2**20)
+
+
+def _ratio(r: dict, key: str) -> str:
+    return "-" if r.get(key) is None else f"{r[key]:.2f}"
+
+
+def _precisions(components: dict) -> str:
+    """Components grouped by precision and format: names where a group has 3 or fewer, else a count."""
+    groups: dict[str, list[str]] = {}
+    for name, c in components.items():
+        groups.setdefault(f"{c['precision']} {c['format']}", []).append(name)
+    return "; ".join(f"{k}: {', '.join(v)}" if len(v) <= 3 else f"{k} x{len(v)}" for k, v in groups.items())
+
+
+def bundle_markdown(doc: dict) -> list[str]:
+    """The per-bundle tables: size, per-component latency with the ratio to fp32, scenarios, peak RSS."""
+    section, items = doc["bundles"], doc["bundles"]["items"]
+    ok = [b for b in items if b["status"] == "ok"]
+    lines = ["", "## Bundles", ""]
+    lines += _table(["bundle", "target", "size MiB", "components (precision, format)", "other files MiB", "path"], [
+        [b["label"], b["target"], _mib(b["size_bytes"]), _precisions(b["components"]), _mib(b["other_bytes"]),
+         b["path"]] for b in ok])
+    for b in items:
+        if b["status"] != "ok":
+            lines.append(f"- {b['label']}: skipped ({b['reason']})")
+    rows = []
+    for r in doc["components"]:
+        bundle = next((b for b in ok if r["runner"] == "bundle:" + b["label"]), None)
+        entry = bundle["components"].get(r["component"], {}) if bundle else {}
+        lat = r.get("latency_ms")
+        rows.append([r["component"], r["runner"], entry.get("precision", "fp32" if r["runner"] == "onnx" else "-"),
+                     _mib(entry.get("size_bytes", r.get("size_bytes"))), sig3(lat and lat["p50"]),
+                     _ratio(r, "ratio_to_fp32"), _ratio(r, "ratio_to_eager"),
+                     "ok" if r["status"] == "ok" else f"{r['status']}: {_reason(r)}"])
+    if rows:
+        lines += ["", "### Components per bundle (p50 ms; ratio = p50 / p50 of the fp32 reference or eager, same "
+                  "run, interleaved)", ""]
+        lines += _table(["component", "runner", "precision", "size MiB", "p50 ms", "ratio to fp32", "ratio to eager",
+                         "status"], rows)
+    whole = section["whole_run"]
+    srows = []
+    for r in doc["scenarios"]:
+        lat, peak = r.get("latency_ms"), r.get("whole_run") or {}
+        srows.append([r["scenario"], r["runner"], _num(lat and lat["p50"] / 1e3, "{:.2f}"),
+                      _num(lat and lat["p90"] / 1e3, "{:.2f}"), _ratio(r, "ratio_to_fp32"), _ratio(r, "ratio_to_eager"),
+                      _num(peak.get("peak_rss_mib"), "{:.0f}") if "error" not in peak else f"failed: {peak['error']}",
+                      ", ".join(f"{k} {v}" for k, v in (r.get("detail") or {}).items())
+                      if r["status"] == "ok" else f"{r['status']}: {_reason(r)}"])
+    lines += ["", "### Scenarios per bundle (torch-free runtime; eager = the PyTorch pipeline)", ""]
+    lines += _table(["scenario", "runner", "p50 s", "p90 s", "ratio to fp32", "ratio to eager",
+                     "peak RSS MiB (whole run)", "detail / status"], srows)
+    if whole.get("measured"):
+        footprint = whole.get("runtime_import_mib")
+        lines += ["", f"- peak RSS of whole runs: {whole['method']}; the runtime's import footprint "
+                      f"{_num(footprint, '{:.0f}')} MiB ({whole['runtime_import']}); eager: {whole['eager']}"]
+    else:
+        lines += ["", f"- peak RSS of whole runs: not measured ({whole.get('reason')})"]
+    lines.append("- fp32 reference of a ratio: the `onnx` runner (the fp32 export, --artifacts) where it ran, "
+                 "otherwise the first bundle that is fp32 there (`fp32_reference` in results.json)")
+    return lines
 
 
 def plots(doc: dict, out: str | Path) -> list[Path]:
@@ -214,7 +298,41 @@ def plots(doc: dict, out: str | Path) -> list[Path]:
     grouped(scen, "scenario", lambda r: r["latency_ms"]["p50"] / 1e3, lambda r: r["latency_ms"]["p90"] / 1e3,
             f"End-to-end scenarios (p50, whisker to p90), {doc['threads']} threads\n{device}", "seconds",
             out / "scenarios.png", False)
+    if doc.get("bundles") and any(b["status"] == "ok" for b in doc["bundles"]["items"]):
+        written.append(_bundle_plot(doc, out / "bundles.png", device))
     return written
+
+
+def _bundle_plot(doc: dict, path: Path, device: str) -> Path:
+    """Size on disk per bundle (stacked by component) and whole-run peak RSS per scenario."""
+    import matplotlib.pyplot as plt
+
+    items = [b for b in doc["bundles"]["items"] if b["status"] == "ok"]
+    peaks = [r for r in doc["scenarios"] if (r.get("whole_run") or {}).get("peak_rss_mib") is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.5 + 0.45 * max(len(items), len(peaks), 2)))
+    names = list(dict.fromkeys(n for b in items for n in b["components"]))
+    starts = [0.0] * len(items)
+    for name in names + ["other files"]:
+        sizes = [(b["other_bytes"] if name == "other files" else b["components"].get(name, {}).get("size_bytes", 0))
+                 / 2**20 for b in items]
+        left.barh(range(len(items)), sizes, left=starts, label=name)
+        starts = [a + b for a, b in zip(starts, sizes)]
+    left.set_yticks(range(len(items)), [b["label"] for b in items])
+    left.invert_yaxis()
+    left.set_xlabel("MiB on disk")
+    left.set_title("Bundle size by component", fontsize=10)
+    left.legend(fontsize=7)
+    labels = [f"{r['scenario']} / {r['runner']}" for r in peaks]
+    right.barh(range(len(peaks)), [r["whole_run"]["peak_rss_mib"] for r in peaks])
+    right.set_yticks(range(len(peaks)), labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("MiB")
+    right.set_title("Peak RSS of whole runs (fresh processes)", fontsize=10)
+    fig.suptitle(device, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write(doc: dict, out: str | Path) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-_CHUNK = 1 << 24
+from ..runtime.manifest import file_sha256  # one file hash for the cache records and bundle checksums
 
 
 def digest_json(obj) -> str:
@@ -38,14 +38,6 @@ def digest_files(paths: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(paths):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
     return h.hexdigest()
 
 
