@@ -95,7 +95,8 @@ def test_the_runtime_imports_no_torch_and_only_the_shared_modules():
                           check=True, cwd=REPO)
     torch_loaded, outside = json.loads(done.stdout)
     assert not torch_loaded
-    assert outside == ["toolkit.pipeline", "toolkit.pipeline.memory_bank", "toolkit.postprocess"]
+    assert outside == ["toolkit.model", "toolkit.model.chain", "toolkit.pipeline", "toolkit.pipeline.memory_bank",
+                       "toolkit.postprocess"]
 
 
 # --- a bundle in a virtual environment without torch ---------------------------------------------

@@ -1,8 +1,9 @@
 """Image path from a bundle: RGB image + text (+ boxes) -> detections, numpy + ONNX Runtime only.
 
 The steps of `toolkit segment` (`toolkit.pipeline.image.ImageSegmenter`), over the bundle's
-components: pre-processing, tokenizer or prompt cache, prompt assembly (text tokens ++ geometry
-tokens), the five detector graphs, post-processing. Each component's session is released as soon
+components: pre-processing, tokenizer or prompt cache, the walk of the detector chain (prompt
+assembly: text tokens ++ geometry tokens, then the five detector graphs; `ground`, the walk of
+`toolkit segment` too), post-processing. Each component's session is released as soon
 as the run no longer needs it (`resident=True` keeps them for an app that segments many images).
 `record(stage, arrays)` receives the stage tensors under the golden manifest's names, as the
 reference's `--save-intermediates` does.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._shared import postprocess_grounding, sigmoid
+from ._shared import ground, postprocess_grounding, sigmoid
 from .bundle import Bundle
 from .errors import RuntimeInputError
 from .preprocess import preprocess_image
@@ -130,40 +131,33 @@ class Segmenter:
         del image, vision["backbone_features"]  # the trunk output (1024x72x72) is the tracker's, not needed here
         positive = list(box_positive) if box_positive is not None else [True] * len(boxes_xyxy_px)
         boxes, labels = boxes_to_prompt(list(boxes_xyxy_px), positive, image_hw) if len(boxes_xyxy_px) else (
-            np.zeros((0, 1, 4), np.float32), np.zeros((0, 1), bool))
-        geometry = run("geometry_encoder", boxes=boxes, box_labels=labels, image_features=vision["fpn_72"],
-                       image_pos=vision["image_pos"])
-        self._done("geometry_encoder")
-        prompt_feeds = {"prompt": np.concatenate([text["text_features"], geometry["geometry_tokens"]]),
-                        "prompt_mask": np.concatenate([text["text_mask"], geometry["geometry_mask"]], axis=1)}
-        memory = run("fusion_encoder", image_features=vision["fpn_72"], image_pos=vision["image_pos"],
-                     **prompt_feeds)["memory"]
-        self._done("fusion_encoder")
-        decoded = run("fusion_decoder", memory=memory, image_pos=vision["image_pos"], **prompt_feeds)
-        self._done("fusion_decoder")
-        logits = run("scoring", queries=decoded["queries"], **prompt_feeds)["pred_logits"]
-        self._done("scoring")
-        masks = run("segmentation_head", fpn_288=vision["fpn_288"], fpn_144=vision["fpn_144"],
-                    queries=decoded["queries"], memory=memory, **prompt_feeds)
-        self._done("segmentation_head")
+            None, None)
+
+        def run_once(name: str, **feeds) -> dict[str, np.ndarray]:  # each component runs once per image
+            out = run(name, **feeds)
+            self._done(name)
+            return out
+        found = ground(run_once, vision, text, boxes, labels)
         if record is not None:
-            record("06_geometry_encoder", {"out.0": geometry["geometry_tokens"], "out.1": geometry["geometry_mask"]})
-            record("07_fusion_encoder", {"out.memory": memory})
+            record("06_geometry_encoder", {"out.0": found["geometry_tokens"], "out.1": found["geometry_mask"]})
+            record("07_fusion_encoder", {"out.memory": found["memory"]})
             record("11_grounding_out", {
-                "out.encoder_hidden_states": memory, "out.queries": decoded["queries"],
-                "out.presence_logit_dec": decoded["presence_logit"], "out.pred_logits": logits,
-                "out.pred_boxes": decoded["pred_boxes"], "out.pred_masks": masks["pred_masks"],
-                "out.semantic_seg": masks["semantic_seg"]})
-        del vision, memory
-        scores = (sigmoid(logits[0, :, 0]) * sigmoid(decoded["presence_logit"][0, 0])).astype(np.float32)
+                "out.encoder_hidden_states": found["memory"], "out.queries": found["queries"],
+                "out.presence_logit_dec": found["presence_logit"], "out.pred_logits": found["pred_logits"],
+                "out.pred_boxes": found["pred_boxes"], "out.pred_masks": found["pred_masks"],
+                "out.semantic_seg": found["semantic_seg"]})
+        logits, presence, pred_boxes, pred_masks = (found[k] for k in ("pred_logits", "presence_logit", "pred_boxes",
+                                                                       "pred_masks"))
+        del vision, found
+        scores = (sigmoid(logits[0, :, 0]) * sigmoid(presence[0, 0])).astype(np.float32)
         chosen = np.flatnonzero(scores > threshold)  # the same score as postprocess_grounding's
         if max_objects is not None and len(chosen) > max_objects and record is None:
             # only the kept masks are resized to the image (200 x H x W float32 would be the run's peak)
             chosen = np.sort(chosen[np.argsort(-scores[chosen], kind="stable")[:max_objects]])
         else:
             chosen = np.arange(scores.shape[0])
-        found = postprocess_grounding(logits[:, chosen], decoded["pred_boxes"][:, chosen],
-                                      masks["pred_masks"][:, chosen], decoded["presence_logit"], image_hw, threshold)
+        found = postprocess_grounding(logits[:, chosen], pred_boxes[:, chosen], pred_masks[:, chosen], presence,
+                                      image_hw, threshold)
         found["query_indices"] = chosen[found["query_indices"]]
         if record is not None:
             record("12_postprocess", {f"out.{k}": v for k, v in found.items() if k != "query_indices"})
