@@ -156,10 +156,13 @@ def test_js_tracker_reproduces_the_python_runtime_on_the_golden_clip(js, cpu_bun
     from toolkit.runtime.cli import Clicks, Folder
     frames = golden_path("inputs", "tracker_frames")
     _node(js, "test/driver.mjs", "track", str(cpu_bundle), str(frames), f"{CLICK[0]:g},{CLICK[1]:g}", str(tmp_path))
-    tracker = Tracker(open_bundle(cpu_bundle, checksums=False))
-    logits = {}
-    tracker._output = _recording(tracker._output, logits)  # the frame logits, for the well-conditioned comparison
-    session = tracker.prompt(Folder(frames), 0, Clicks((CLICK,), (1,)))
+    logits = {}  # each frame's mask logits at the frame's size: what its masks threshold
+
+    def record(stage, arrays):
+        if stage.endswith("__09_final"):
+            logits[int(stage[1:].split("_")[0])] = np.asarray(arrays["out.video_res_masks"])[:, 0]
+    session = Tracker(open_bundle(cpu_bundle, checksums=False)).prompt(Folder(frames), 0, Clicks((CLICK,), (1,)),
+                                                                        record=record)
     scores = json.loads((tmp_path / "scores.json").read_text())
     indices = []
     for result in session.propagate():
@@ -169,16 +172,6 @@ def test_js_tracker_reproduces_the_python_runtime_on_the_golden_clip(js, cpu_bun
         np.testing.assert_allclose(scores[str(result.index)], result.object_score_logits[0], rtol=1e-3, atol=1e-5)
         indices.append(result.index)
     assert indices == [0, 1, 2] and sorted(scores) == ["0", "1", "2"]
-
-
-def _recording(output, into: dict):
-    """Tracker._output, keeping each frame's logits at the frame's size (what its masks threshold)."""
-    from toolkit.runtime._shared import resize_bilinear
-
-    def wrapped(t, low_res, scores, size_hw, record):
-        into[t] = resize_bilinear(low_res, size_hw)[:, 0]
-        return output(t, low_res, scores, size_hw, record)
-    return wrapped
 
 
 @pytest.mark.full
