@@ -151,6 +151,41 @@ def test_js_segmenter_reproduces_the_python_runtime_on_the_golden_image_cases(js
 
 @pytest.mark.full
 @needs_golden
+def test_js_prompt_cache_replaces_the_text_encoder(js, js_segments, cpu_bundle, tmp_path):
+    """A bundle with a prompt cache (what `--concepts` writes: numpy's savez): the JS segmenter takes
+    "person" from it, never loads the text encoder, and finds what it found with the text encoder."""
+    import hashlib
+
+    from toolkit.runtime import open_bundle
+    from toolkit.runtime.sessions import Sessions
+    from toolkit.runtime.tokenizer import BpeTokenizer
+    cached = tmp_path / "cached"
+    shutil.copytree(cpu_bundle, cached, copy_function=os.link)  # hard links: no copy of the weights
+    bundle = open_bundle(cpu_bundle, checksums=False)
+    ids = BpeTokenizer(bundle.path(bundle.manifest["tokenizer"]["vocabulary"]))("person")
+    text = Sessions(bundle).run("text_encoder", token_ids=ids)
+    np.savez(cached / "prompt_cache.npz", token_ids=ids, text_features=text["text_features"][:, 0][None],
+             text_mask=text["text_mask"][0][None])
+    manifest = json.loads((cached / "manifest.json").read_text())
+    data = (cached / "prompt_cache.npz").read_bytes()
+    manifest["prompt_cache"] = {"file": "prompt_cache.npz", "concepts": ["person"], "arrays": {},
+                                "computed_with": "this test: ONNX Runtime"}
+    manifest["files"].append({"path": "prompt_cache.npz", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    (cached / "manifest.json").unlink()  # a hard link to the original's
+    (cached / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "cases.json").write_text(json.dumps(CASES[:1]))
+    _node(js, "test/driver.mjs", "segment", str(cached), str(golden_path("inputs", "coffee.png")),
+          str(tmp_path / "cases.json"), str(tmp_path))
+    assert "text_encoder" not in json.loads((tmp_path / "loads.json").read_text())
+    got, ref = ({k: np.load(d / "txt_person" / f"{k}.npy") for k in OUTPUTS} for d in (tmp_path, js_segments))
+    np.testing.assert_array_equal(got["query_indices"], ref["query_indices"])
+    np.testing.assert_allclose(got["scores"], ref["scores"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got["boxes_xyxy_px"], ref["boxes_xyxy_px"], atol=1e-2)
+    masks_agree(got["masks"], ref["masks"], ref["mask_probs"], 0.5, 1e-3)
+
+
+@pytest.mark.full
+@needs_golden
 def test_js_tracker_reproduces_the_python_runtime_on_the_golden_clip(js, cpu_bundle, tmp_path):
     from toolkit.runtime import Tracker, open_bundle
     from toolkit.runtime.cli import Clicks, Folder

@@ -13,6 +13,7 @@ export { Bundle, BundleSource, Manifest, OpenOptions, openBundle, urlSource, sha
 export { RuntimeInputError } from "./errors.js";
 export { MemoryBank, MemoryPlan, frameQuality, useMultimask } from "./memory-bank.js";
 export { Detections, resizeBilinear, sigmoid } from "./postprocess.js";
+export { PromptCache, parseNpy } from "./prompt-cache.js";
 export { RgbImage, preprocessFrame, preprocessImage, resizePillowBicubic, resizeUint8Antialiased } from "./preprocess.js";
 export { Box, SegmentOptions, Segmenter, boxesToPrompt } from "./segmenter.js";
 export { Runtime, Sessions, ortRuntime } from "./sessions.js";

@@ -1,6 +1,6 @@
 /**
  * Image path from a bundle: RGB image + text (+ positive / negative boxes) -> detections, as the Python
- * runtime's `Segmenter` (toolkit/runtime/image.py): tokenizer, prompt assembly (text tokens ++ geometry
+ * runtime's `Segmenter` (toolkit/runtime/image.py): tokenizer or prompt cache, prompt assembly (text tokens ++ geometry
  * tokens), the detector's five graphs, post-processing to boxes, scores and masks at the image's size.
  * Each component's session is released as soon as the run no longer needs it (`resident: true` keeps
  * them, for an app that segments many images).
@@ -9,6 +9,7 @@ import type { Bundle } from "./bundle.js";
 import { RuntimeInputError } from "./errors.js";
 import { Detections, detections, queryScores } from "./postprocess.js";
 import { preprocessImage, RgbImage, checkRgb } from "./preprocess.js";
+import { PromptCache } from "./prompt-cache.js";
 import { Runtime, Sessions } from "./sessions.js";
 import { Arr, F32, concat } from "./tensor.js";
 import { BpeTokenizer } from "./tokenizer.js";
@@ -34,7 +35,7 @@ export class Segmenter {
   readonly sessions: Sessions;
 
   private constructor(readonly bundle: Bundle, runtime: Runtime, readonly tokenizer: BpeTokenizer,
-                      readonly resident: boolean) {
+                      readonly promptCache: PromptCache, readonly resident: boolean) {
     this.sessions = new Sessions(bundle, runtime);
   }
 
@@ -44,7 +45,7 @@ export class Segmenter {
     if (tokenizer.startId !== spec.start_id || tokenizer.endId !== spec.end_id) {
       throw new RuntimeInputError(`bundle ${bundle.name}: the manifest's start/end ids are not those of its vocabulary`);
     }
-    return new Segmenter(bundle, runtime, tokenizer, options.resident ?? false);
+    return new Segmenter(bundle, runtime, tokenizer, await PromptCache.load(bundle), options.resident ?? false);
   }
 
   private async done(...names: string[]): Promise<void> {
@@ -73,10 +74,14 @@ export class Segmenter {
     const manifest = this.bundle.manifest;
     const threshold = options.threshold ?? manifest.postprocess.image.default_threshold;
     const run = (name: string, feeds: Record<string, Arr>) => this.sessions.run(name, feeds);
-    // Text first: the text encoder (63M parameters) is released before the image's features exist.
+    // Text first: the text encoder (63M parameters) is released before the image's features exist,
+    // or does not run when the prompt cache has the prompt.
     const ids = this.tokenizer.ids(prompt);
-    const text = await run("text_encoder", { token_ids: { data: ids, dims: [1, ids.length] } });
-    await this.done("text_encoder");
+    let text: Record<string, Arr> | null = this.promptCache.lookup(ids);
+    if (!text) {
+      text = await run("text_encoder", { token_ids: { data: ids, dims: [1, ids.length] } });
+      await this.done("text_encoder");
+    }
     const size = manifest.preprocess.image_size;
     const vision = await run("vision_encoder", { image: { data: preprocessImage(rgb, manifest.preprocess),
                                                           dims: [1, 3, size, size] } });
