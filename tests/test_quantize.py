@@ -408,8 +408,9 @@ def test_ort_calibration_is_streamed_sample_by_sample(convnet_onnx, tmp_path, mo
         original(self, reader)
         calls.append(before)
     monkeypatch.setattr(cls, "collect_data", counting)
-    result = quantize_onnx(convnet_onnx, tmp_path / "q.onnx", "int8", QuantSettings(method=method),
-                           lambda: iter(_feeds((1, 3, 16, 16), 5, 0)))
+    from toolkit.quantize.ort import _quantize_onnx  # in this process (quantize_onnx forks), to count the calls
+    result = _quantize_onnx(convnet_onnx, tmp_path / "q.onnx", "int8", QuantSettings(method=method),
+                            lambda: iter(_feeds((1, 3, 16, 16), 5, 0)), "ort")
     assert len(calls) == 5 and calls == [0] * 5 and result.settings["samples"] == 5
     with pytest.raises(QuantizeError, match="feeds are empty"):
         quantize_onnx(convnet_onnx, tmp_path / "e.onnx", "int8", QuantSettings(method=method), lambda: iter([]))
