@@ -29,7 +29,7 @@ def test_a_build_is_a_list_of_stages_per_backend():
         assert b.stages[-1] is base.verify, b.name  # every artifact ends verified (or pending with why)
         assert (b.stages[0] is base.export) == (b.export_from is not None), b.name
     assert BACKENDS["onnx"].stages == (base.export, quantize, base.copy, base.verify)
-    assert all(quantize in BACKENDS[name].stages for name in ("onnx", "ort", "tensorrt"))
+    assert all(quantize in BACKENDS[name].stages for name in ("onnx", "ort", "tensorrt", "coreml", "ptl"))
 
 
 def test_old_spellings_resolve_and_unknown_names_fail_in_one_line():

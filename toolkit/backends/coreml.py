@@ -5,7 +5,8 @@ Quantized precisions (int8 = W8A8, int8-weights, palette6, palette4) go through 
 stage (toolkit/backends/quantize.py), which gates the PyTorch simulation of each rung; `convert` then
 converts the chosen precision once: weight-only precisions as the fp16 program compressed by
 coremltools (linear8 / palettize6 / palettize4), W8A8 by converting the finalized simulation the gate
-measured. `verify` records the simulation's gate figures; the package's own parity stays pending macOS.
+measured, and records the simulation's gate figures as the verification; the package's own parity
+stays pending macOS.
 """
 from __future__ import annotations
 
@@ -81,10 +82,30 @@ def _store(package: Path, folder: Path, key: str, io: dict) -> None:
     folder.with_name(folder.name + ".json").write_text(json.dumps({"key": key, "files": files, "io": io}))
 
 
+def _gate_verification(job, backend: base.Backend, plan) -> dict | None:
+    """A gated quantized package's verification: the gate's figures of its PyTorch simulation (alone and
+    end to end), `pending` for the package itself (macOS), `failed` where they fail the gate (the
+    component then falls back). None for fp16 / fp32: `base.verify` records those (spec-checked here,
+    parity pending macOS)."""
+    record = job.quantization.get(plan.component)
+    if record is None or record["format"] != "coreml" or plan.precision in unquantized(backend) \
+            or "alone" not in record:
+        return None
+    gate, alone = job.target.quantization.for_component(plan.component).gate, record["alone"]
+    problems = [f"alone: {f}" for f in gate.check(alone["figures"])]
+    problems += [f"end to end: {f}" for f in record["end_to_end"]["failures"]]
+    return {"status": "failed" if problems else "pending", "runtime": None, "failures": problems,
+            "reason": f"the accuracy gate {'failed' if problems else 'passed'} on the PyTorch simulation; {PENDING}",
+            "verified_by": f"accuracy gate on the PyTorch simulation of {plan.precision} ({alone['samples']} "
+                           "evaluation samples alone; the pipelines end to end), not on the package",
+            "gate": {k: v for k, v in gate.to_dict().items() if v is not None}, "figures": alone["figures"],
+            "end_to_end_figures": record["end_to_end"]["figures"], "max_abs_error": alone["figures"].get("max_abs")}
+
+
 @base.per_component
 def convert(job, backend: base.Backend, plan) -> dict:
     """torch graph -> jit.trace -> coremltools mlprogram at the (gated) precision, then the spec check
-    against the declaration. Packages of a gated quantized precision are cached (a copy); fp16 / fp32
+    against the declaration; a gated precision's verification is its simulation's gate figures. Packages of a gated quantized precision are cached (a copy); fp16 / fp32
     packages are made each build, as before quantization existed (the export cache holds no Core ML)."""
     from ..convert.coreml import check_package, convert_coreml, inspect_package
     comp = COMPONENTS[plan.component]
@@ -123,7 +144,11 @@ def convert(job, backend: base.Backend, plan) -> dict:
     declared = base.declared_dims(comp)
     narrowed = [f"{d} {declared[d][0]} -> {v[0]}" for d, v in io["dims"].items() if v[0] != declared[d][0]]
     source = "the finalized W8A8 simulation" if plan.precision == "int8" else "torch"
-    return {"file": rel, "inputs": inputs, "outputs": outputs, "dims": io["dims"],
+    verification = _gate_verification(job, backend, plan)
+    if verification is not None and verification["status"] == "failed":
+        shutil.rmtree(job.root / rel, ignore_errors=True)
+        raise base.StageFailed("; ".join(verification["failures"][:3]))
+    return {**({"verification": verification} if verification is not None else {}), "file": rel, "inputs": inputs, "outputs": outputs, "dims": io["dims"],
             "checks": {"coreml_spec": {"passed": True, "specification_version": package["specification_version"],
                                        "opset": package["opset"], "op_count": package["op_count"],
                                        "ops": package["ops"], "size_bytes": package["size_bytes"],
@@ -132,35 +157,6 @@ def convert(job, backend: base.Backend, plan) -> dict:
             "provenance": {"stages": [f"{source} -> jit.trace -> coremltools mlprogram ({compute} compute)"] +
                            ([f"weight compression {compression}"] if compression != "none" else []) + notes,
                            "seconds": round(seconds, 2)}}
-
-
-def verify(job, backend: base.Backend, plans: list) -> base.Failures:
-    """A gated quantized package: the gate's figures of its PyTorch simulation (alone and end to end) are
-    its verification, `pending` for the package itself (macOS), `failed` where they fail the gate (the
-    package is removed, the component falls back); every other package: `base.verify` (spec-checked,
-    parity pending macOS)."""
-    failures, rest = {}, []
-    for plan in plans:
-        entry, record = job.entries.get(plan.component), job.quantization.get(plan.component)
-        if entry is None or "verification" in entry or record is None or record["format"] != "coreml" \
-                or plan.precision in unquantized(backend) or "alone" not in record:
-            rest.append(plan)
-            continue
-        gate, alone = job.target.quantization.for_component(plan.component).gate, record["alone"]
-        problems = [f"alone: {f}" for f in gate.check(alone["figures"])]
-        problems += [f"end to end: {f}" for f in record["end_to_end"]["failures"]]
-        entry["verification"] = {
-            "status": "failed" if problems else "pending", "runtime": None, "failures": problems,
-            "reason": f"the accuracy gate {'failed' if problems else 'passed'} on the PyTorch simulation; {PENDING}",
-            "verified_by": f"accuracy gate on the PyTorch simulation of {plan.precision} ({alone['samples']} "
-                           "evaluation samples alone; the pipelines end to end), not on the package",
-            "gate": {k: v for k, v in gate.to_dict().items() if v is not None}, "figures": alone["figures"],
-            "end_to_end_figures": record["end_to_end"]["figures"], "max_abs_error": alone["figures"].get("max_abs")}
-        verification = entry["verification"]
-        if verification["status"] == "failed":
-            failures[plan.component] = "; ".join(verification["failures"][:3])
-            shutil.rmtree(job.root / job.entries.pop(plan.component)["file"], ignore_errors=True)
-    return {**failures, **base.verify(job, backend, rest)}
 
 
 def open_runner(path: Path, threads: int | None = None, providers: list[str] | None = None):
@@ -173,7 +169,7 @@ BACKEND = base.Backend(
     # Core ML computes in fp16 or fp32; int8 = W8A8 (calibrated in PyTorch), the others compress weights
     precisions=("fp16", "fp32", "int8", "int8-weights", "palette6", "palette4"),
     ladder={"int8": "int8-weights", "palette4": "palette6", "palette6": "int8-weights", "int8-weights": "fp16",
-            "fp16": "fp32"}, settings=SETTINGS, export_from=None, stages=(quantize, convert, verify),
+            "fp16": "fp32"}, settings=SETTINGS, export_from=None, stages=(quantize, convert, base.verify),
     packages=("coremltools",), open_runner=open_runner,
     runtime=lambda: f"coremltools {metadata.version('coremltools')} (Core ML)",
     platform_problem=lambda: None if platform.system() == "Darwin" else "Core ML prediction needs macOS",
