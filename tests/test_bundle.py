@@ -57,8 +57,12 @@ def workdir(small_builds):
     return small_builds  # the session's small bundles and their export cache (conftest)
 
 
+FULL_PRECISION = {"cpu": "fp32", "android": "fp32", "jetson-orin": "fp16"}  # what these targets built before int8
+
+
 def _build(target, out, state, workdir, **kw):
-    target = find_target(target) if isinstance(target, str) else target
+    """A small bundle of a shipped target (at its full precision: quantization has its own tests) or a target file."""
+    target = find_target(target).with_precision(FULL_PRECISION[target]) if isinstance(target, str) else target
     return run_build(target, out, state, LABEL, True, components=kw.pop("components", SMALL),
                      cache_dir=workdir / "cache", golden=False, **kw)
 
