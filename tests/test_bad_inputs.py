@@ -4,8 +4,8 @@ Every case runs the CLI (`toolkit.cli.main`, so an exception other than a one-li
 fails the test as a traceback would) and asserts: exit code 2, exactly one `error:` line on
 stderr (progress lines aside), no traceback, the input files byte-for-byte untouched, and
 nothing half-written left (no --out, no `.partial` directory, no extraction left in the
-temporary directory). One small bundle (two components) is built for the module; every bundle
-case is a mutated copy of it.
+temporary directory). Every bundle case is a mutated copy of the session's small bundle (two
+components, tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -28,26 +28,15 @@ from toolkit.cli import main
 from toolkit.components import COMPONENTS
 from toolkit.spec import DIMS
 from toolkit.targets import COMPRESSIONS, FORMATS, find_target, target_schema
-from toolkit.weights import LABEL, synthetic_state_dict
+from toolkit.weights import LABEL
 
 SMALL = ["object_pointer", "prompt_encoder"]
 
 
-@pytest.fixture(scope="module")
-def state():
-    return synthetic_state_dict()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("bad-inputs")
-
-
-@pytest.fixture(scope="module")
-def bundle(state, workdir):
-    run_build(find_target("cpu"), workdir / "cpu", state, LABEL, True, components=SMALL,
-              cache_dir=workdir / "cache", golden=False)
-    return workdir / "cpu"
+@pytest.fixture
+def bundle(small_cpu_bundle):
+    """The session's small fp32 cpu bundle (tests/conftest.py); every case mutates a copy of it."""
+    return small_cpu_bundle
 
 
 @pytest.fixture
@@ -188,12 +177,13 @@ def test_the_manifest_cannot_narrow_what_is_verified(bundle, scratch, capsys, ch
     assert fragment in refused(capsys, ["verify", str(root)], [root], scratch)
 
 
-def test_a_verification_that_ran_no_case_fails(bundle, state):
+def test_a_verification_that_ran_no_case_fails(bundle, synthetic_state):
     from toolkit.verify import Reference
     from toolkit.verify_bundle import verify_artifact
     entry = json.loads((bundle / MANIFEST).read_text())["components"]["object_pointer"]
     entry["dims"] = {"objects": [9, 9, 9]}
-    result = verify_artifact(COMPONENTS["object_pointer"], entry, bundle / entry["file"], Reference(state, False))
+    result = verify_artifact(COMPONENTS["object_pointer"], entry, bundle / entry["file"],
+                             Reference(synthetic_state, False))
     assert result["status"] == "failed" and result["cases"] == []
     assert "no verification case lies within" in result["failures"][0]
 
@@ -465,12 +455,13 @@ def test_a_family_with_two_defaults_is_refused(scratch, monkeypatch, capsys):
     assert "target 'board' is a family of board-a, board-b with 2 default targets" in err
 
 
-def test_xavier_build_says_its_operator_check_is_not_one_of_tensorrt_8_5(bundle, state, workdir):
-    """Built from the module's export cache; the shipped operator list is 10.1's, newer than 8.5."""
+def test_xavier_build_says_its_operator_check_is_not_one_of_tensorrt_8_5(bundle, synthetic_state, small_builds,
+                                                                         tmp_path):
+    """Built from the small bundles' export cache; the shipped operator list is 10.1's, newer than 8.5."""
     said = []
-    report = run_build(find_target("jetson-xavier"), workdir / "xavier", state, LABEL, True, components=SMALL,
-                       cache_dir=workdir / "cache", golden=False, progress=said.append)
-    manifest = open_bundle(workdir / "xavier").manifest
+    report = run_build(find_target("jetson-xavier"), tmp_path / "xavier", synthetic_state, LABEL, True,
+                       components=SMALL, cache_dir=small_builds / "cache", golden=False, progress=said.append)
+    manifest = open_bundle(tmp_path / "xavier").manifest
     for entry in manifest["components"].values():
         check = entry["checks"]["tensorrt_operators"]
         assert check["of_target_version"] is False and "NOT a check of TensorRT 8.5" in check["list"]
