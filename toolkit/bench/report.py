@@ -309,19 +309,19 @@ def _bundle_plot(doc: dict, path: Path, device: str) -> Path:
 
     items = [b for b in doc["bundles"]["items"] if b["status"] == "ok"]
     peaks = [r for r in doc["scenarios"] if (r.get("whole_run") or {}).get("peak_rss_mib") is not None]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.5 + 0.45 * max(len(items), len(peaks), 2)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3 + 0.45 * max(len(items), len(peaks), 2)))
     names = list(dict.fromkeys(n for b in items for n in b["components"]))
     starts = [0.0] * len(items)
-    for name in names + ["other files"]:
+    for i, name in enumerate(names + ["other files"]):
         sizes = [(b["other_bytes"] if name == "other files" else b["components"].get(name, {}).get("size_bytes", 0))
                  / 2**20 for b in items]
-        left.barh(range(len(items)), sizes, left=starts, label=name)
+        left.barh(range(len(items)), sizes, left=starts, label=name, color=plt.cm.tab20(i % 20))
         starts = [a + b for a, b in zip(starts, sizes)]
     left.set_yticks(range(len(items)), [b["label"] for b in items])
     left.invert_yaxis()
     left.set_xlabel("MiB on disk")
     left.set_title("Bundle size by component", fontsize=10)
-    left.legend(fontsize=7)
+    left.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25))  # below: bars stay visible
     labels = [f"{r['scenario']} / {r['runner']}" for r in peaks]
     right.barh(range(len(peaks)), [r["whole_run"]["peak_rss_mib"] for r in peaks])
     right.set_yticks(range(len(peaks)), labels, fontsize=8)
