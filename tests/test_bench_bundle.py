@@ -115,3 +115,19 @@ def test_whole_run_children(small_cpu_bundle, tmp_path):
     spec = scenario_spec("runtime", "image_text", tmp_path, small_cpu_bundle)
     with pytest.raises(RuntimeError, match="has no component 'text_encoder'"):
         whole_run(spec, 1)
+
+
+def test_which_scenarios_a_bundle_can_run_from_its_manifest():
+    from toolkit.bench.bundles import BenchBundle, unfit
+    from toolkit.bundle_runtime import DETECTOR_COMPONENTS
+
+    def bundle(formats: dict, concepts=None) -> BenchBundle:
+        return BenchBundle("b", Path("b"), {"components": {n: {"format": f} for n, f in formats.items()},
+                                            "prompt_cache": None if concepts is None else {"concepts": concepts}})
+    ios = bundle({**dict.fromkeys(DETECTOR_COMPONENTS, "coreml"), "geometry_encoder": "ptl"})
+    assert unfit(ios, "image_text").startswith("the runtime runs ONNX Runtime artifacts (onnx, ort, tensorrt); "
+                                               "vision_encoder is coreml")
+    without_text = {n: "ort" for n in DETECTOR_COMPONENTS if n != "text_encoder"}
+    assert unfit(bundle(without_text), "image_text") == "the bundle lacks text_encoder (a build with --components?)"
+    assert unfit(bundle(without_text, ["person"]), "image_text") is None  # the prompt cache has the prompt
+    assert "lacks tracker_neck" in unfit(bundle(without_text, ["person"]), "tracking")

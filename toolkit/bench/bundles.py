@@ -30,10 +30,10 @@ from ..backends import BACKENDS
 from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
 from ..components import COMPONENTS
 from ..errors import ToolkitError
+from ..runtime.sessions import ORT_FORMATS  # what the runtime runs
 from .harness import _error, _Row, load_1min, sig3, summarize, with_changes
 
 Progress = Callable[[str], None]
-RUNTIME_FORMATS = ("onnx", "ort", "tensorrt")  # toolkit.runtime.sessions.ORT_FORMATS (imported lazily)
 PREFIX = "bundle:"
 
 
@@ -209,9 +209,9 @@ def unfit(bundle: BenchBundle, scenario: str) -> str | None:
     if missing:
         return f"the bundle lacks {', '.join(missing)} (a build with --components?)"
     other = [f"{n} is {comps[n]['format']}" for n in _needs(bundle, scenario)
-             if comps[n]["format"] not in RUNTIME_FORMATS]
+             if comps[n]["format"] not in ORT_FORMATS]
     if other:
-        return (f"the runtime runs ONNX Runtime artifacts ({', '.join(RUNTIME_FORMATS)}); "
+        return (f"the runtime runs ONNX Runtime artifacts ({', '.join(ORT_FORMATS)}); "
                 f"{', '.join(other[:3])}{' ...' if len(other) > 3 else ''}")
     return None
 
