@@ -659,3 +659,12 @@ def test_a_quantizer_crash_is_a_reason_to_step_down_not_the_end_of_the_build():
     with pytest.raises(QuantizeError, match="ValueError: no way"):
         isolated(_refuse, "no   way")
     assert isolated(sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+def test_a_quantized_graph_is_run_on_the_evaluation_feeds_in_the_quantizer_process(convnet_onnx, tmp_path):
+    result = quantize_onnx(convnet_onnx, tmp_path / "q.onnx", "int8", QuantSettings(),
+                           lambda: iter(_feeds((1, 3, 16, 16), 2, 0)), runs_on=lambda: iter(_feeds((1, 3, 16, 16), 3, 1)))
+    assert "ran on 3 evaluation samples in the quantizer's process first" in result.notes
+    with pytest.raises(QuantizeError, match="RuntimeError|INVALID_ARGUMENT|Fail"):  # a feed the graph cannot take
+        quantize_onnx(convnet_onnx, tmp_path / "b.onnx", "int8", QuantSettings(),
+                      lambda: iter(_feeds((1, 3, 16, 16), 2, 0)), runs_on=[{"x": np.zeros((1, 5), np.float32)}])

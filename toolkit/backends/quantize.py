@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from abc import ABC, abstractmethod
 from importlib import metadata
 from pathlib import Path
 
@@ -91,13 +92,12 @@ def _key(job, name: str, precision: str, flavour: str) -> str:
                               library: metadata.version(library), **code})
 
 
-class _Rungs:
+class _Rungs(ABC):
     """Make-and-measure of one component, per precision, memoised (the ladder and the end-to-end settling
-    may both need a rung). A subclass says how its format makes a rung (`produce`) and runs it (`open`);
-    this base caches the file with its alone figures."""
+    may both need a rung). A subclass says how its format makes a rung (`_make`: the record with the alone
+    figures) and runs it (`_open`)."""
 
     flavour = ""  # names the cached files and keys them
-    suffix = ""   # the rung's file
 
     def __init__(self, job, backend: base.Backend, plan):
         self.job, self.backend, self.plan = job, backend, plan
@@ -122,6 +122,28 @@ class _Rungs:
         """The recorded calibration feeds (a fresh stream per call) where the precision calibrates activations."""
         return self.job.calibration.feeds("calibration", self.comp.name) if precision == "int8" else None
 
+    def runner(self, precision: str):
+        """The runner of `precision`'s rung for the end-to-end pipelines (None: fp32 / not made)."""
+        try:
+            made, _ = self.attempt(precision)
+        except Exception:  # noqa: BLE001 - recorded in self.errors; measured as fp32
+            return None
+        return None if made is None else self._open(precision, made)
+
+    @abstractmethod
+    def _make(self, precision: str) -> dict:
+        """Make and measure `precision`'s rung: its record (key, stage, alone, path)."""
+
+    @abstractmethod
+    def _open(self, precision: str, made: dict):
+        """A runner of a made rung, as the gate measures it."""
+
+
+class _FileRungs(_Rungs):
+    """A rung that is a file (quantized ONNX, .ptl): cached with its alone figures (convert/cache.py)."""
+
+    suffix = ""
+
     def _make(self, precision: str) -> dict:
         from ..convert import cache
         job, name = self.job, self.comp.name
@@ -145,24 +167,19 @@ class _Rungs:
         record = cache.store(dst, key, {"stage": stage, "alone": alone, "calibration": job.calibration.digest(name)})
         return {**record, "path": dst}
 
+    def _open(self, precision: str, made: dict):
+        return self.open(made["path"])
+
+    @abstractmethod
     def produce(self, precision: str, path: Path):
         """Write `precision`'s artifact to `path`; returns the quantizer's StageResult."""
-        raise NotImplementedError
 
+    @abstractmethod
     def open(self, path: Path):
-        """A runner of the artifact at `path`, as the gate measures it."""
-        raise NotImplementedError
-
-    def runner(self, precision: str):
-        """The runner of `precision`'s artifact for the end-to-end pipelines (None: fp32 / not made)."""
-        try:
-            made, _ = self.attempt(precision)
-        except Exception:  # noqa: BLE001 - recorded in self.errors; measured as fp32
-            return None
-        return None if made is None else self.open(made["path"])
+        """A runner of the artifact at `path`."""
 
 
-class _OnnxRungs(_Rungs):
+class _OnnxRungs(_FileRungs):
     """onnx, ort: ONNX Runtime QDQ / dynamic / 4-bit / fp16; tensorrt: symmetric Q/DQ (toolkit.quantize.ort)."""
 
     suffix = ".onnx"
@@ -175,7 +192,8 @@ class _OnnxRungs(_Rungs):
         from ..quantize.ort import quantize_onnx
         source, _ = base.exported_source(self.job, self.comp.name, "onnx")
         feeds = self.calibration_feeds(precision)
-        return quantize_onnx(source, path, precision, self.settings, feeds, self.flavour)
+        return quantize_onnx(source, path, precision, self.settings, feeds, self.flavour,
+                             runs_on=self.job.calibration.feeds("evaluation", self.comp.name))
 
     def open(self, path: Path):
         from ..runners.ort_runner import OrtRunner
@@ -195,7 +213,7 @@ def _qnnpack_runner(path: Path):
     return QnnpackRunner(path)
 
 
-class _PtlRungs(_Rungs):
+class _PtlRungs(_FileRungs):
     """TorchScript lite: static int8 (FX, QNNPACK) where torch.fx traces the graph, dynamic int8 Linear
     (toolkit.quantize.ptl), from the PyTorch graph the .ptl export traces."""
 
@@ -259,14 +277,8 @@ class _CoreMLRungs(_Rungs):
         os.replace(tmp, memo)
         return {**record, "path": None}
 
-    def runner(self, precision: str):
+    def _open(self, precision: str, made: dict):
         from ..runners.torch_runner import TorchRunner
-        try:
-            made, _ = self.attempt(precision)
-        except Exception:  # noqa: BLE001 - recorded in self.errors; measured as fp32
-            return None
-        if made is None:
-            return None
         return TorchRunner(self.simulation(precision).module, self.comp.input_names, self.comp.output_names)
 
 
