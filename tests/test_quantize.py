@@ -380,6 +380,21 @@ def test_settle_end_to_end_steps_the_most_sensitive_component():
     assert not history[-1]["failures"] and len(measured) == 2
 
 
+def test_settle_end_to_end_steps_down_only_behind_a_failing_figure():
+    from toolkit.quantize.session import components_behind
+
+    def measure(precisions):  # the detector fails until the fusion decoder leaves int8; the tracker passes
+        return {"matched_fraction": 0.5 if precisions["fusion_decoder"] == "int8" else 1.0, "track_iou": 1.0}
+    # the prompt encoder (tracker only) is the least accurate alone, but cannot mend the detector's figure
+    final, history = settle_end_to_end({"prompt_encoder": "int8", "fusion_decoder": "int8"},
+                                       {"prompt_encoder": "ort", "fusion_decoder": "ort"},
+                                       {"prompt_encoder": 21.0, "fusion_decoder": 25.0}, measure, Gate(),
+                                       behind=components_behind)
+    assert final == {"prompt_encoder": "int8", "fusion_decoder": "int8-weights"}
+    assert history[0]["step"].startswith("fusion_decoder: int8 -> int8-weights") and len(history) == 2
+    assert "prompt_encoder" not in components_behind("matched_fraction") and components_behind("nope") == ()
+
+
 # --- ONNX Runtime stages -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])

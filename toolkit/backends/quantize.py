@@ -317,7 +317,8 @@ def _end_to_end(job, rungs: dict[str, _Rungs], chosen: dict[str, str], floor: tu
     sensitivity = {n: r.made.get(chosen[n], {}).get("alone", {}).get("figures", {}).get("sqnr_db", float("inf"))
                    for n, r in rungs.items()}
     formats = {n: r.backend.name for n, r in rungs.items()}
-    return settle_end_to_end(chosen, formats, sensitivity, measure, gate)
+    from ..quantize.session import components_behind
+    return settle_end_to_end(chosen, formats, sensitivity, measure, gate, behind=components_behind)
 
 
 def quantize(job, backend: base.Backend, plans: list) -> base.Failures:

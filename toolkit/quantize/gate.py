@@ -25,7 +25,7 @@ format and is not gated (its parity is the export verification's job).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -300,11 +300,15 @@ def choose_precision(component: str, fmt: str, requested: str, attempt: Attempt,
 
 def settle_end_to_end(chosen: Mapping[str, str], formats: Mapping[str, str], sensitivity: Mapping[str, float],
                       measure: Callable[[Mapping[str, str]], Mapping[str, Any]], gate: Gate,
-                      max_rounds: int = 16) -> tuple[dict[str, str], list[dict]]:
+                      max_rounds: int = 16,
+                      behind: Callable[[str], Iterable[str]] | None = None) -> tuple[dict[str, str], list[dict]]:
     """The end-to-end half of the gate: while the pipelines with every component at its chosen
     precision fail `gate`, step the most sensitive component that is not at fp32 (lowest figure in
-    `sensitivity`, e.g. its own SQNR) one rung down its format's ladder and measure again.
-    Returns the final precisions and one record per round (precisions, figures, failures, step)."""
+    `sensitivity`, e.g. its own SQNR) one rung down its format's ladder and measure again. With
+    `behind(figure) -> components` (the components of the pipeline a figure measures), only a
+    component behind a failing figure is stepped down: a tracker-only component cannot mend the
+    detector's figures. Returns the final precisions and one record per round (precisions, figures,
+    failures, step)."""
     current = dict(chosen)
     history: list[dict] = []
     for _ in range(max_rounds):
@@ -314,7 +318,8 @@ def settle_end_to_end(chosen: Mapping[str, str], formats: Mapping[str, str], sen
         history.append(record)
         if not failures:
             break
-        candidates = [c for c in current if current[c] != FLOOR]
+        suspects = None if behind is None else {c for f in failures for c in behind(f.split()[0])}
+        candidates = [c for c in current if current[c] != FLOOR and (suspects is None or c in suspects)]
         if not candidates:
             break
         worst = min(candidates, key=lambda c: sensitivity.get(c, float("inf")))

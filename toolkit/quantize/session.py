@@ -42,6 +42,18 @@ def pipelines_for(components: Iterable[str]) -> list[str]:
     return out
 
 
+# The end-to-end figures each pipeline yields (`Calibration.end_to_end`).
+PIPELINE_FIGURES = {DETECTOR: ("matched_fraction", "max_score_delta", "max_box_delta_px", "mask_iou"),
+                    TRACKER: ("track_iou",)}
+
+
+def components_behind(figure: str) -> tuple[str, ...]:
+    """The components of the pipeline whose end-to-end `figure` this is (none for an unknown figure)."""
+    from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+    pipeline = next((p for p, figures in PIPELINE_FIGURES.items() if figure in figures), None)
+    return {DETECTOR: tuple(DETECTOR_COMPONENTS), TRACKER: tuple(TRACKER_COMPONENTS)}.get(pipeline, ())
+
+
 class Calibration:
     def __init__(self, settings: QuantSettings, components: Iterable[str], graphs, directory: str | Path | None = None,
                  work: str | Path | None = None, progress: Callable[[str], None] = lambda message: None):
@@ -147,7 +159,7 @@ class Calibration:
                                                                                      margin=margin)}
                           for r, g in zip(self.reference_runs[DETECTOR], got[DETECTOR], strict=True)]
             result[DETECTOR] = per_sample
-            for key in ("matched_fraction", "max_score_delta", "max_box_delta_px", "mask_iou"):
+            for key in PIPELINE_FIGURES[DETECTOR]:
                 values = [s[key] for s in per_sample if key in s]
                 if values:
                     result["figures"][key] = min(values) if key in ("matched_fraction", "mask_iou") else max(values)
