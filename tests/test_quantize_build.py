@@ -76,8 +76,9 @@ def test_target_quantization_table_and_precision_override(tmp_path):
     fp32 = target.with_precision("fp32")
     assert not fp32.quantized() and fp32.precision_override == "fp32"
     notes = []
-    ios = find_target("ios").with_precision("fp16", notes.append)  # the .ptl geometry encoder keeps fp32
-    assert ios.plans["geometry_encoder"].precision == "fp32" and "geometry_encoder" in notes[0]
+    ios = find_target("ios").with_precision("fp16", notes.append)  # ptl has no fp16: the file's precision stays
+    assert ios.plans["geometry_encoder"].precision == find_target("ios").plans["geometry_encoder"].precision
+    assert ios.plans["geometry_encoder"].format == "ptl" and "geometry_encoder" in notes[0]
     with pytest.raises(ToolkitError, match="no format of target cpu produces it"):
         find_target("cpu").with_precision("palette4")
 
