@@ -467,6 +467,11 @@ def test_ctrl_c_during_export_is_not_swallowed(ws, capsys, light_export, monkeyp
             raise RuntimeError("Failed to export the model with torch.export") from err
         return {"exporter": "swallowing", "opset": 20, "nodes": 0, "export_seconds": 0.0}
     monkeypatch.setitem(light_export, "onnx", with_make(light_export["onnx"], swallowing))
-    before = snapshot(ws)
-    run(export_argv("exp"), capsys, code=130, fragment="error: interrupted", progress_allowed=True)
-    assert snapshot(ws) == before
+    # what an interactive shell gives: a job started in the background (`cmd &`) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = snapshot(ws)
+        run(export_argv("exp"), capsys, code=130, fragment="error: interrupted", progress_allowed=True)
+        assert snapshot(ws) == before
+    finally:
+        signal.signal(signal.SIGINT, previous)
