@@ -442,6 +442,24 @@ def test_ort_keep_float_excludes_operator_types(convnet_onnx, tmp_path):
     assert result.kept_float == ["Gemm", "MatMul"] and result.settings["nodes_kept_float"] > 0
 
 
+def test_ort_static_int8_quantizes_the_weighted_layers_unless_told_all(convnet_onnx, tmp_path):
+    feeds = lambda: iter(_feeds((1, 3, 16, 16), 2, 0))  # noqa: E731
+    weighted = quantize_onnx(convnet_onnx, tmp_path / "w.onnx", "int8", QuantSettings(), feeds)
+    every = quantize_onnx(convnet_onnx, tmp_path / "a.onnx", "int8", QuantSettings(operators="all"), feeds)
+    assert weighted.settings["op_types_to_quantize"] == ["Conv", "ConvTranspose", "MatMul", "Gemm"]
+    assert every.settings["op_types_to_quantize"] == "all"
+
+    def quantized_outputs(path):  # operator types whose output a QuantizeLinear reads
+        model = onnx.load(str(path))
+        q = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        return {n.op_type for n in model.graph.node if any(o in q for o in n.output)}
+    # (Relu, Reshape: the quantizer carries a quantized tensor through them in both)
+    assert "Conv" in quantized_outputs(weighted.path) and not {"Add", "Softmax"} & quantized_outputs(weighted.path)
+    assert {"Add", "Softmax"} <= quantized_outputs(every.path)
+    with pytest.raises(ToolkitError, match="operators = 'some'"):
+        QuantSettings.from_dict({"operators": "some"})
+
+
 def test_tensorrt_explicit_quantization(convnet_onnx, tmp_path):
     result = quantize_onnx(convnet_onnx, tmp_path / "trt.onnx", "int8", QuantSettings(),
                            lambda: iter(_feeds((1, 3, 16, 16), 4, 0)), flavour="tensorrt")

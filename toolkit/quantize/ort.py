@@ -7,7 +7,8 @@ float16 converter in onnxruntime.transformers).
   optimisation; without the symbolic pass where it cannot take the graph), then `quantize_static`
   in QDQ format: int8 weights (per-channel where settings say so), activations uint8 or int8 as
   `activation_type` / `activation_symmetric` say, calibrated with MinMax, Entropy or Percentile over
-  the recorded feeds (streamed one sample at a time from a `FeedStore`). Operator types in
+  the recorded feeds (streamed one sample at a time from a `FeedStore`). Only the weighted layers'
+  operator types are quantized unless `operators = "all"` (see `gate.OPERATOR_SETS`); types in
   `keep_float` stay in float (their nodes are excluded).
 - **int8**, flavour "tensorrt" (jetson): explicit quantization as TensorRT takes it: symmetric
   int8 activations (zero point 0), symmetric per-channel int8 weights, float biases, Q/DQ only on
@@ -47,11 +48,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .gate import QuantSettings
+from .gate import OPERATOR_SETS, QuantSettings
 from .stage import QuantizeError, StageResult, isolated, size_of
 
 FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
-TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+TENSORRT_OP_TYPES = OPERATOR_SETS["weighted"]
 WEIGHT_OP_TYPES = ("MatMul", "Gemm")
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
 
@@ -300,7 +301,8 @@ def _static(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSource, fl
         extra["OpTypesToExcludeOutputQuantization"] = list(TENSORRT_OP_TYPES)
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
-    op_types = list(TENSORRT_OP_TYPES) if tensorrt else None
+    chosen = OPERATOR_SETS["weighted" if tensorrt else settings.operators]
+    op_types = [t for t in chosen if t not in settings.keep_float] if chosen else None
     with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
         reader = _reader(feeds, pre)
