@@ -37,15 +37,15 @@ def _latency(runners: dict, feeds: dict, repeats: int) -> dict[str, float]:
 def main(export_dir: str, out: str) -> None:
     import torch
 
-    from toolkit.bundle_runtime import DETECTOR_COMPONENTS
+    from toolkit.checkpoint.weights import synthetic_state_dict
     from toolkit.machine import cpu_line
+    from toolkit.pipeline.artifacts import DETECTOR_COMPONENTS
     from toolkit.quantize import CalibrationSet, Gate, QuantSettings, choose_precision
     from toolkit.quantize.evaluate import measure_component, measure_detector
     from toolkit.quantize.feeds import record_feeds, torch_runners
     from toolkit.quantize.ort import quantize_onnx
     from toolkit.runners.ort_runner import OrtRunner
-    from toolkit.verify import Reference
-    from toolkit.weights import synthetic_state_dict
+    from toolkit.verify.compare import Reference
 
     torch.set_num_threads(2)
     export = Path(export_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from toolkit.bundle import open_bundle
+from toolkit.deploy.bundle import open_bundle
 
 
 def _size(path: Path) -> int:

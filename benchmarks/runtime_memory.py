@@ -34,7 +34,7 @@ SCENARIOS = ("image_text", "image_text_boxes", "tracking")
 
 def component_feeds(name: str, directory: Path) -> Path:
     """The declared example feeds of a component (typical dimensions), saved for the child."""
-    from toolkit.components import COMPONENTS
+    from toolkit.components.registry import COMPONENTS
     feeds = {k: np.asarray(v) for k, v in COMPONENTS[name].example().items()}
     path = directory / f"{name}.npz"
     np.savez(path, **feeds)

@@ -45,8 +45,8 @@ def stage_times(repeats: int) -> dict:
     from toolkit.api import load_detector
     from toolkit.model.detector import detections
     from toolkit.pipeline.image import boxes_px_to_prompt
-    from toolkit.preprocess import load_rgb, preprocess_image
-    from toolkit.tokenizer import Tokenizer
+    from toolkit.pipeline.preprocess import load_rgb, preprocess_image
+    from toolkit.pipeline.tokenizer import Tokenizer
 
     start = time.perf_counter()
     detector, _ = load_detector(None)

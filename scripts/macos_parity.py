@@ -5,7 +5,7 @@
 Checks the bundle (schema, sha256 of every file), then runs every Core ML package against the
 PyTorch model on the cases `toolkit export` uses (golden-derived when the golden fixture is
 present, a typical input, each dynamic dimension at the ends of the package's range), with the
-fp16 tolerance of `toolkit.verify_bundle.FP16_TOLERANCE`. This is `toolkit verify` restricted to
+fp16 tolerance of `toolkit.verify.bundle.FP16_TOLERANCE`. This is `toolkit verify` restricted to
 the Core ML components; components that left Core ML at build time (fallbacks) are listed too.
 Writes a JSON report and exits 1 when a package fails, 2 when it cannot run (not macOS).
 """
@@ -17,9 +17,9 @@ import platform
 import sys
 from pathlib import Path
 
-from toolkit.bundle import read_manifest
+from toolkit.deploy.bundle import read_manifest
 from toolkit.errors import ToolkitError
-from toolkit.verify_bundle import format_rows, verify_bundle
+from toolkit.verify.bundle import format_rows, verify_bundle
 
 
 def main() -> int:

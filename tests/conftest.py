@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from toolkit import layout
+from toolkit.checkpoint.loader import layout
 
 # Memory attention against upstream, tighter than the fixture's 1e-3 * max|ref| so that a wrong memory
 # bank fails. Measured on the golden clip (AMD EPYC with AVX-512, 2026-12-02), as a share of max|ref| on
@@ -47,9 +47,9 @@ def masks_agree(got, ref, ref_value, threshold: float, eps: float) -> int:
 def cpu_bundle(tmp_path_factory):
     """The full-size cpu bundle (embedded default weights), built once per session; the export cache
     is the toolkit's default one, so a machine that has built a bundle reuses its verified exports."""
-    from toolkit.build import run_build
-    from toolkit.targets import find_target
-    from toolkit.weights import LABEL, synthetic_state_dict
+    from toolkit.checkpoint.weights import LABEL, synthetic_state_dict
+    from toolkit.deploy.build import run_build
+    from toolkit.deploy.targets import find_target
     out = tmp_path_factory.mktemp("runtime") / "bundle-cpu"
     # at full precision: the runtimes are compared with PyTorch within the golden tolerances
     run_build(find_target("cpu").with_precision("fp32"), out, synthetic_state_dict(), LABEL, True, golden=False)
@@ -59,7 +59,7 @@ def cpu_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_checkpoint(tmp_path_factory):
     """The embedded default checkpoint, written once per test session (live keys only)."""
-    from toolkit.weights import write_default_checkpoint
+    from toolkit.checkpoint.weights import write_default_checkpoint
     path = tmp_path_factory.mktemp("ckpt") / "default.pth"
     write_default_checkpoint(path)
     return path
@@ -72,7 +72,7 @@ SMALL_COMPONENTS = ["object_pointer", "prompt_encoder"]
 
 @pytest.fixture(scope="session")
 def synthetic_state():
-    from toolkit.weights import synthetic_state_dict
+    from toolkit.checkpoint.weights import synthetic_state_dict
     return synthetic_state_dict()
 
 
@@ -85,9 +85,9 @@ def small_builds(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_cpu_bundle(synthetic_state, small_builds):
     """The shipped cpu target (fp32 .onnx) with the small components only."""
-    from toolkit.build import run_build
-    from toolkit.targets import find_target
-    from toolkit.weights import LABEL
+    from toolkit.checkpoint.weights import LABEL
+    from toolkit.deploy.build import run_build
+    from toolkit.deploy.targets import find_target
     run_build(find_target("cpu").with_precision("fp32"), small_builds / "cpu", synthetic_state, LABEL, True,
               components=SMALL_COMPONENTS, cache_dir=small_builds / "cache", golden=False)
     return small_builds / "cpu"
@@ -97,9 +97,9 @@ def small_cpu_bundle(synthetic_state, small_builds):
 def small_int8_bundle(synthetic_state, small_builds):
     """(bundle, build messages): the small components as int8 .ort, calibrated on 2 samples through the
     tracker pipeline and gated (about a minute)."""
-    from toolkit.build import run_build
-    from toolkit.targets import load_target
-    from toolkit.weights import LABEL
+    from toolkit.checkpoint.weights import LABEL
+    from toolkit.deploy.build import run_build
+    from toolkit.deploy.targets import load_target
     target = small_builds / "q.toml"
     target.write_text('schema = 1\nname = "q"\ndescription = "test"\n[defaults]\nformat = "ort"\nprecision = "int8"\n'
                       'fallback = "ptl"\n[quantization]\nsamples = 2\n')

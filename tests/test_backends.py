@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from toolkit import backends, targets
+from toolkit import backends
 from toolkit.backends import ALIASES, BACKENDS, backend, base, exporters
 from toolkit.backends.quantize import quantize
 from toolkit.bench.backends import RUNNER_ALIASES, RUNNER_KINDS
+from toolkit.deploy import targets
+from toolkit.deploy.export import FORMATS
 from toolkit.errors import ToolkitError
-from toolkit.export import FORMATS
 
 
 def test_every_layer_reads_the_registry():

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.build import run_build
-from toolkit.bundle import MANIFEST, create_archive, open_bundle
+from toolkit.checkpoint.weights import LABEL
 from toolkit.cli import main
-from toolkit.components import COMPONENTS
-from toolkit.spec import DIMS
-from toolkit.targets import COMPRESSIONS, FORMATS, find_target, target_schema
-from toolkit.weights import LABEL
+from toolkit.components.registry import COMPONENTS
+from toolkit.components.spec import DIMS
+from toolkit.deploy.build import run_build
+from toolkit.deploy.bundle import MANIFEST, create_archive, open_bundle
+from toolkit.deploy.targets import COMPRESSIONS, FORMATS, find_target, target_schema
 
 SMALL = ["object_pointer", "prompt_encoder"]
 
@@ -178,8 +178,8 @@ def test_the_manifest_cannot_narrow_what_is_verified(bundle, scratch, capsys, ch
 
 
 def test_a_verification_that_ran_no_case_fails(bundle, synthetic_state):
-    from toolkit.verify import Reference
-    from toolkit.verify_bundle import verify_artifact
+    from toolkit.verify.bundle import verify_artifact
+    from toolkit.verify.compare import Reference
     entry = json.loads((bundle / MANIFEST).read_text())["components"]["object_pointer"]
     entry["dims"] = {"objects": [9, 9, 9]}
     result = verify_artifact(COMPONENTS["object_pointer"], entry, bundle / entry["file"],
@@ -189,7 +189,7 @@ def test_a_verification_that_ran_no_case_fails(bundle, synthetic_state):
 
 
 def test_run_tokenizes_with_the_bundles_vocabulary(bundle, scratch, monkeypatch):
-    from toolkit import tokenizer
+    from toolkit.pipeline import tokenizer
     from toolkit.runtime import Bundle as RuntimeBundle
     from toolkit.runtime import Segmenter
     prompts = ["person", "A red cup &amp; a Saucer", "<start_of_text>x"]
@@ -425,7 +425,7 @@ def test_target_schema_allows_what_the_code_allows():
     """The schema's allowed values are the code's: a new format or compression needs both."""
     defs = target_schema()["$defs"]
     assert defs["format"]["enum"] == list(FORMATS) and defs["compression"]["enum"] == list(COMPRESSIONS)
-    from toolkit.bundle import manifest_schema
+    from toolkit.deploy.bundle import manifest_schema
     schema = manifest_schema()
     assert schema["properties"]["components"]["propertyNames"]["enum"] == list(COMPONENTS)
     assert schema["$defs"]["dim_name"]["enum"] == list(DIMS)
@@ -472,7 +472,7 @@ def test_xavier_build_says_its_operator_check_is_not_one_of_tensorrt_8_5(bundle,
 
 def test_an_archive_never_writes_outside_its_temporary_directory(bundle, scratch):
     """Round trip of a good archive: extraction lands in the temporary directory and is removed."""
-    from toolkit.verify_bundle import verify_bundle
+    from toolkit.verify.bundle import verify_bundle
     archive = _archive(bundle, scratch)
     before = _snapshot([archive])
     assert verify_bundle(archive, parity=False).files == 4

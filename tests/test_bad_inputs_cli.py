@@ -28,12 +28,12 @@ from PIL import Image
 from toolkit import api
 from toolkit.cli import main
 from toolkit.errors import ToolkitError
-from toolkit.images import image_size_hw, read_image
-from toolkit.outputs import guard_outputs
+from toolkit.files.images import image_size_hw, read_image
+from toolkit.files.outputs import guard_outputs
 from toolkit.pipeline import image as image_pipeline
 from toolkit.pipeline.image import Detections
+from toolkit.pipeline.tokenizer import MAX_PROMPT_TOKENS, check_prompt_text
 from toolkit.pipeline.video import open_frames
-from toolkit.tokenizer import MAX_PROMPT_TOKENS, check_prompt_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import layout_state_dict, with_make  # noqa: E402
@@ -332,7 +332,7 @@ def test_disk_full_while_writing_segment_results(ws, capsys, stand_in_model, mon
 def test_disk_full_while_writing_a_checkpoint(ws, capsys, monkeypatch):
     import torch
 
-    from toolkit import weights
+    from toolkit.checkpoint.loader import weights
     monkeypatch.setattr(weights, "synthetic_state_dict", lambda **kw: {"w": torch.zeros(3)})
 
     def full(obj, f, *args, **kwargs):
@@ -366,7 +366,7 @@ def test_output_folder_permissions(ws, stand_in_model):
 @pytest.fixture(scope="module")
 def light_reference():
     """The real PyTorch reference over zero weights (built once): export runs without the model's cost."""
-    from toolkit.verify import Reference
+    from toolkit.verify.compare import Reference
     state = layout_state_dict()
     return state, Reference(state, golden=False)
 
@@ -374,7 +374,8 @@ def light_reference():
 @pytest.fixture
 def light_export(light_reference, monkeypatch):
     """`toolkit export` with zero weights and the module's reference; returns the FORMATS to patch."""
-    from toolkit import export, weights
+    from toolkit.checkpoint.loader import weights
+    from toolkit.deploy import export
     state, reference = light_reference
     monkeypatch.setattr(weights, "synthetic_state_dict", lambda *a, **k: state)
     monkeypatch.setattr(export, "Reference", lambda *a, **k: reference)
@@ -397,8 +398,8 @@ def test_export_never_replaces_a_users_files(ws, capsys, force):
 
 
 def test_export_reuses_its_own_folder_and_leaves_other_files(ws, capsys, light_export, monkeypatch):
+    from toolkit.components.spec import DIMS
     from toolkit.convert.onnx_export import export_onnx
-    from toolkit.spec import DIMS
 
     def legacy(comp, graph, args, path):  # the quick exporter: this test is about the folder
         info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS, path,

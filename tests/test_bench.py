@@ -25,12 +25,12 @@ from toolkit.bench.flops import count_onnx, count_torch
 from toolkit.bench.harness import QUICK, summarize, timed_runs
 from toolkit.bench.memory import peak_rss_kib
 from toolkit.bench.scenarios import _pipelines, prepare_inputs
+from toolkit.checkpoint.weights import synthetic_state_dict
 from toolkit.cli import main
-from toolkit.components import COMPONENTS, build_graph, load_models
-from toolkit.export import FORMATS
-from toolkit.golden import golden_path
-from toolkit.preprocess import load_rgb
-from toolkit.weights import synthetic_state_dict
+from toolkit.components.registry import COMPONENTS, build_graph, load_models
+from toolkit.deploy.export import FORMATS
+from toolkit.pipeline.preprocess import load_rgb
+from toolkit.verify.golden import golden_path
 
 TINY = "object_pointer"  # the smallest component: a bench of it takes seconds
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)

@@ -119,7 +119,7 @@ def test_whole_run_children(small_cpu_bundle, tmp_path):
 
 def test_which_scenarios_a_bundle_can_run_from_its_manifest():
     from toolkit.bench.bundles import BenchBundle, unfit
-    from toolkit.bundle_runtime import DETECTOR_COMPONENTS
+    from toolkit.pipeline.artifacts import DETECTOR_COMPONENTS
 
     def bundle(formats: dict, concepts=None) -> BenchBundle:
         return BenchBundle("b", Path("b"), {"components": {n: {"format": f} for n, f in formats.items()},

@@ -22,9 +22,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from toolkit import build as build_module
-from toolkit.build import run_build
-from toolkit.bundle import (
+from toolkit.checkpoint.weights import LABEL
+from toolkit.cli import main
+from toolkit.components.registry import COMPONENTS
+from toolkit.components.spec import DIMS
+from toolkit.convert.tensorrt import check_operators, make_trt_ready, operator_list
+from toolkit.deploy import build as build_module
+from toolkit.deploy.build import run_build
+from toolkit.deploy.bundle import (
     MANIFEST,
     BundleError,
     create_archive,
@@ -35,14 +40,9 @@ from toolkit.bundle import (
     schema_errors,
     write_manifest,
 )
-from toolkit.cli import main
-from toolkit.components import COMPONENTS
-from toolkit.convert.tensorrt import check_operators, make_trt_ready, operator_list
+from toolkit.deploy.targets import available, find_target, load_target
 from toolkit.errors import ToolkitError
-from toolkit.spec import DIMS
-from toolkit.targets import available, find_target, load_target
-from toolkit.verify_bundle import verify_bundle
-from toolkit.weights import LABEL
+from toolkit.verify.bundle import verify_bundle
 
 SMALL = ["object_pointer", "prompt_encoder"]
 
@@ -356,10 +356,10 @@ def test_coreml_packages_load_and_match_the_declared_specs(state, workdir, tmp_p
 
 
 def test_prompt_cache_holds_the_concepts_text_features(state, workdir, tmp_path):
-    from toolkit.golden import stage_tensor
+    from toolkit.pipeline.tokenizer import Tokenizer
     from toolkit.runtime import Bundle as RuntimeBundle
     from toolkit.runtime.image import PromptCache
-    from toolkit.tokenizer import Tokenizer
+    from toolkit.verify.golden import stage_tensor
     concepts = tmp_path / "concepts.txt"
     concepts.write_text("# my app's vocabulary\nperson\n\nred cup\nperson\n")
     _build("cpu", tmp_path / "cached", state, workdir, concepts=build_module.read_concepts(concepts))

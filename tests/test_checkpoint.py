@@ -8,11 +8,10 @@ import pytest
 import torch
 from conftest import layout_state_dict
 
-from toolkit import layout
-from toolkit.checkpoint import load_checkpoint
+from toolkit.checkpoint.inventory import component_rows
+from toolkit.checkpoint.loader import layout, load_checkpoint
+from toolkit.checkpoint.weights import fill, synthetic_state_dict
 from toolkit.cli import main
-from toolkit.inventory import component_rows
-from toolkit.weights import fill, synthetic_state_dict
 
 FULL_LAYOUT = {  # component -> (numbers, entries) of the released checkpoint
     "Total": (585_670_291, 2028), "Detector": (573_926_673, None), "Tracker": (11_743_618, None),

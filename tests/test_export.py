@@ -19,16 +19,16 @@ import torch
 from conftest import with_make
 
 from toolkit import cli
-from toolkit.components import COMPONENTS, UNUSED, build_graph, load_models
+from toolkit.components.registry import COMPONENTS, UNUSED, build_graph, load_models
+from toolkit.components.spec import DIMS, evaluate
 from toolkit.convert import cache
 from toolkit.convert.onnx_export import export_onnx
-from toolkit.export import FORMATS, REPORT_NAME, run_export
+from toolkit.deploy.export import FORMATS, REPORT_NAME, run_export
 from toolkit.model.tracker import TrackerModules
 from toolkit.runners.ort_runner import OrtRunner
 from toolkit.runners.ptl_runner import PtlRunner
 from toolkit.runners.torch_runner import TorchRunner
-from toolkit.spec import DIMS, evaluate
-from toolkit.verify import cases, compare, run_cases
+from toolkit.verify.compare import cases, compare, run_cases
 
 ISSUE_COMPONENTS = {
     "vision_encoder", "tracker_neck", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
@@ -129,7 +129,7 @@ def test_mask_iou_is_checked():
 
 @pytest.fixture(scope="module")
 def state():
-    from toolkit.weights import synthetic_state_dict
+    from toolkit.checkpoint.weights import synthetic_state_dict
     return synthetic_state_dict()
 
 
@@ -248,11 +248,11 @@ def test_image_pipeline_from_artifacts_reproduces_the_golden_case(exported, tmp_
     """ImageSegmenter (pre-processing, tokenizer, prompt assembly, post-processing) with every
     detector component served by ONNX Runtime / the lite interpreter: the golden stages, including
     the post-processed boxes, scores and masks, for the text and the text + box cases."""
-    from toolkit.bundle_runtime import DETECTOR_COMPONENTS, RunnerDetector
-    from toolkit.golden import compare_dump, golden_path
+    from toolkit.pipeline.artifacts import DETECTOR_COMPONENTS, RunnerDetector
     from toolkit.pipeline.image import ImageSegmenter
     from toolkit.pipeline.intermediates import StageDump, load_dump
-    from toolkit.preprocess import load_rgb
+    from toolkit.pipeline.preprocess import load_rgb
+    from toolkit.verify.golden import compare_dump, golden_path
     segmenter = ImageSegmenter(RunnerDetector(_artifact_runners(exported[0], DETECTOR_COMPONENTS, fmt)))
     rgb = load_rgb(golden_path("inputs", "coffee.png"))
     for case, boxes in (("txt_person", []), ("txt_person_box", [(162.0, 68.0, 438.0, 268.0)])):
@@ -267,10 +267,10 @@ def test_image_pipeline_from_artifacts_reproduces_the_golden_case(exported, tmp_
 def test_tracking_pipeline_from_onnx_reproduces_the_golden_clip(exported, tmp_path):
     """VideoTracker (memory bank, mask choice, pointer bookkeeping) with every tracker component on
     ONNX Runtime: the golden click-tracking stages of all three frames."""
-    from toolkit.bundle_runtime import TRACKER_COMPONENTS, RunnerTracker
-    from toolkit.golden import compare_tracker_dump, golden_path
+    from toolkit.pipeline.artifacts import TRACKER_COMPONENTS, RunnerTracker
     from toolkit.pipeline.intermediates import StageDump, load_dump
     from toolkit.pipeline.video import ClickPrompt, open_frames
+    from toolkit.verify.golden import compare_tracker_dump, golden_path
     tracker = RunnerTracker(_artifact_runners(exported[0], TRACKER_COMPONENTS, "onnx"))
     session = tracker.prompt(open_frames(golden_path("inputs", "tracker_frames")), 0,
                              ClickPrompt(((312.0, 180.0),), (1,)), record=StageDump(tmp_path))

@@ -10,16 +10,16 @@ import math
 import pytest
 import torch
 
-from toolkit.golden import check_stage, golden_path
+from toolkit.checkpoint.weights import synthetic_state_dict
 from toolkit.model.fusion_decoder import FusionDecoder
 from toolkit.model.fusion_encoder import FusionEncoder
 from toolkit.model.geometry import GeometryEncoder
 from toolkit.model.roi_align import roi_align
 from toolkit.model.text import TextEncoder
 from toolkit.model.vision import VisionBackbone
-from toolkit.preprocess import load_rgb, preprocess_image
-from toolkit.tokenizer import Tokenizer
-from toolkit.weights import synthetic_state_dict
+from toolkit.pipeline.preprocess import load_rgb, preprocess_image
+from toolkit.pipeline.tokenizer import Tokenizer
+from toolkit.verify.golden import check_stage, golden_path
 
 MODULES = {
     "geometry": (GeometryEncoder, "detector.geometry_encoder."),

@@ -12,7 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolkit.golden import (
+from toolkit.checkpoint.weights import synthetic_state_dict
+from toolkit.model.detector import Detector, detections
+from toolkit.model.scoring import DotProductScoring
+from toolkit.pipeline.postprocess import postprocess_grounding, resize_bilinear
+from toolkit.pipeline.preprocess import load_rgb, preprocess_image
+from toolkit.pipeline.tokenizer import Tokenizer
+from toolkit.verify.golden import (
     check_stage,
     compare_tensor,
     golden_path,
@@ -20,12 +26,6 @@ from toolkit.golden import (
     manifest,
     stage_tensor,
 )
-from toolkit.model.detector import Detector, detections
-from toolkit.model.scoring import DotProductScoring
-from toolkit.postprocess import postprocess_grounding, resize_bilinear
-from toolkit.preprocess import load_rgb, preprocess_image
-from toolkit.tokenizer import Tokenizer
-from toolkit.weights import synthetic_state_dict
 
 IMAGE_HW = (400, 600)
 BOX = [0.5, 0.42, 0.46, 0.5]  # normalised cx, cy, w, h; positive

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import masks_agree
 
-from toolkit.golden import golden_available, golden_path
+from toolkit.verify.golden import golden_available, golden_path
 
 REPO = Path(__file__).resolve().parents[1]
 JS = REPO / "runtimes" / "js"

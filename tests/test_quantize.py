@@ -544,7 +544,7 @@ def test_recorder_streams_distinct_feeds_to_disk_and_back(convnet_onnx, tmp_path
 # --- Core ML ----------------------------------------------------------------------------------------------------
 
 def _specs():
-    from toolkit.spec import TensorSpec
+    from toolkit.components.spec import TensorSpec
     inputs = (TensorSpec("x", (1, 3, 16, 16), "float32", "image"),)
     outputs = (TensorSpec("probs", (1, 256, 16), "float32", "tokens"),
                TensorSpec("features", (1, 16, 16, 16), "float32", "features"))
@@ -629,11 +629,11 @@ def test_ptl_int8_runs_in_the_lite_interpreter(tmp_path):
 def test_calibration_feeds_from_the_real_pipelines(tmp_path):
     """The fp32 detector and tracker pipelines over the shipped calibration part (1 sample): every
     component's real inputs are recorded, the vision encoder once per distinct frame."""
-    from toolkit.bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
-    from toolkit.components import COMPONENTS
+    from toolkit.checkpoint.weights import synthetic_state_dict
+    from toolkit.components.registry import COMPONENTS
+    from toolkit.pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
     from toolkit.quantize.feeds import record_feeds, torch_runners
-    from toolkit.verify import Reference
-    from toolkit.weights import synthetic_state_dict
+    from toolkit.verify.compare import Reference
     cal = CalibrationSet.load()
     names = sorted(set(DETECTOR_COMPONENTS) | set(TRACKER_COMPONENTS))
     runners = torch_runners(Reference(synthetic_state_dict(), golden=False).graphs, names)

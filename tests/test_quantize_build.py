@@ -18,17 +18,17 @@ import pytest
 
 from toolkit.backends import BACKENDS
 from toolkit.backends.quantize import _key
-from toolkit.build import run_build
-from toolkit.bundle import manifest_schema, open_bundle, schema_errors
+from toolkit.checkpoint.weights import LABEL
 from toolkit.cli import main
+from toolkit.deploy.build import run_build
+from toolkit.deploy.bundle import manifest_schema, open_bundle, schema_errors
+from toolkit.deploy.targets import find_target, load_target
 from toolkit.errors import ToolkitError
 from toolkit.quantize import QuantSettings
 from toolkit.quantize.calibration import DEFAULT_DIR
 from toolkit.quantize.gate import FORMAT_PRECISIONS, LADDERS
 from toolkit.quantize.session import Calibration
-from toolkit.targets import find_target, load_target
-from toolkit.verify_bundle import verify_bundle
-from toolkit.weights import LABEL
+from toolkit.verify.bundle import verify_bundle
 
 SMALL = ["object_pointer", "prompt_encoder"]
 

@@ -23,12 +23,12 @@ import pytest
 pytest.importorskip("coremltools")
 
 from toolkit.backends import BACKENDS  # noqa: E402
-from toolkit.build import run_build  # noqa: E402
-from toolkit.bundle import manifest_schema, open_bundle, schema_errors  # noqa: E402
+from toolkit.checkpoint.weights import LABEL, synthetic_state_dict  # noqa: E402
 from toolkit.convert.coreml import inspect_package  # noqa: E402
-from toolkit.targets import find_target, load_target  # noqa: E402
-from toolkit.verify_bundle import verify_bundle  # noqa: E402
-from toolkit.weights import LABEL, synthetic_state_dict  # noqa: E402
+from toolkit.deploy.build import run_build  # noqa: E402
+from toolkit.deploy.bundle import manifest_schema, open_bundle, schema_errors  # noqa: E402
+from toolkit.deploy.targets import find_target, load_target  # noqa: E402
+from toolkit.verify.bundle import verify_bundle  # noqa: E402
 
 SMALL = ["object_pointer", "prompt_encoder"]
 COREML_LADDER = ["palette4", "palette6", "int8-weights", "fp16"]

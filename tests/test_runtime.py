@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from conftest import masks_agree
 
-from toolkit.golden import golden_available, golden_path
+from toolkit.verify.golden import golden_available, golden_path
 
 REPO = Path(__file__).resolve().parents[1]
 needs_golden = pytest.mark.skipif(not golden_available(), reason="golden fixture not on this machine")
@@ -41,8 +41,8 @@ def test_uint8_antialiased_resize_is_bit_identical_to_torch(hw):
 
 @needs_golden
 def test_preprocessing_of_both_paths_equals_the_reference():
-    from toolkit import preprocess as ref
-    from toolkit.images import load_rgb
+    from toolkit.files.images import load_rgb
+    from toolkit.pipeline import preprocess as ref
     from toolkit.runtime import preprocess as rt
     rgb = load_rgb(golden_path("inputs", "coffee.png"))
     np.testing.assert_array_equal(rt.preprocess_image(rgb), ref.preprocess_image(rgb).numpy())
@@ -79,8 +79,8 @@ def test_mask_choice_equals_the_reference():
 def test_tokenizer_ids_equal_the_reference():
     from importlib.resources import files
 
+    from toolkit.pipeline.tokenizer import Tokenizer
     from toolkit.runtime.tokenizer import BpeTokenizer
-    from toolkit.tokenizer import Tokenizer
     ours = BpeTokenizer(Path(str(files("toolkit").joinpath("data", "bpe_simple_vocab_16e6.txt.gz"))))
     for text in ("person", "a red cup", "  Caf\u00e9 &amp; <b>na\u00efve</b> r\u00e9sum\u00e9's  ", "don't 42 \u4eba",
                  "x " * 90):
@@ -96,7 +96,7 @@ def test_the_runtime_imports_no_torch_and_only_the_shared_modules():
     torch_loaded, outside = json.loads(done.stdout)
     assert not torch_loaded
     assert outside == ["toolkit.model", "toolkit.model.chain", "toolkit.pipeline", "toolkit.pipeline.memory_bank",
-                       "toolkit.postprocess"]
+                       "toolkit.pipeline.postprocess"]
 
 
 # --- a bundle in a virtual environment without torch ---------------------------------------------
@@ -180,10 +180,10 @@ def _compared(results) -> list[dict]:
 @needs_golden
 def test_torchless_runtime_reproduces_segment_on_the_golden_image_cases(torchless_python, cpu_bundle, tmp_path):
     from toolkit.api import load_detector
-    from toolkit.golden import compare_dump
-    from toolkit.images import load_rgb
+    from toolkit.files.images import load_rgb
     from toolkit.pipeline.image import ImageSegmenter
     from toolkit.pipeline.intermediates import load_dump
+    from toolkit.verify.golden import compare_dump
     image = golden_path("inputs", "coffee.png")
     loads = _run_torchless(torchless_python, SEGMENT_SCRIPT, str(cpu_bundle), str(image), str(tmp_path)).split(",")
     # sessions are released after use: each component was loaded once per image, the text encoder too
@@ -209,9 +209,9 @@ def test_torchless_runtime_reproduces_segment_on_the_golden_image_cases(torchles
 @needs_golden
 def test_torchless_runtime_reproduces_track_on_the_golden_clip(torchless_python, cpu_bundle, tmp_path):
     from toolkit.api import load_video_tracker
-    from toolkit.golden import compare_tracker_dump
     from toolkit.pipeline.intermediates import load_dump
     from toolkit.pipeline.video import ClickPrompt, open_frames
+    from toolkit.verify.golden import compare_tracker_dump
     frames = golden_path("inputs", "tracker_frames")
     _run_torchless(torchless_python, TRACK_SCRIPT, str(cpu_bundle), str(frames), str(tmp_path))
     compared = _compared(compare_tracker_dump(load_dump(tmp_path / "dump")))
@@ -251,9 +251,9 @@ def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, tmp_path
     assert len(objects) == 3 and (out / "overlay.png").is_file() and (out / "mask_002.png").is_file()
     assert {"00_preprocess", "07_fusion_encoder", "12_postprocess"} <= {p.stem for p in dump.glob("*.npz")}
     # an error of the runtime itself (here: a partial bundle without the tracker) is one line, exit 2
-    from toolkit.build import run_build
-    from toolkit.targets import find_target
-    from toolkit.weights import LABEL, synthetic_state_dict
+    from toolkit.checkpoint.weights import LABEL, synthetic_state_dict
+    from toolkit.deploy.build import run_build
+    from toolkit.deploy.targets import find_target
     small = tmp_path / "small"
     run_build(find_target("cpu"), small, synthetic_state_dict(), LABEL, True,
               components=["object_pointer", "prompt_encoder"], golden=False)

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from toolkit.cli import main
-from toolkit.golden import compare_dump, golden_path, load_stage, manifest
 from toolkit.pipeline.intermediates import load_dump
+from toolkit.verify.golden import compare_dump, golden_path, load_stage, manifest
 
 COFFEE = str(golden_path("inputs", "coffee.png"))
 # The golden box [cx,cy,w,h] = [0.5,0.42,0.46,0.5] (normalised) in pixels of the 600x400 photo.

@@ -8,9 +8,9 @@ import inspect
 import pytest
 from torch import nn
 
-from toolkit.bundle_runtime import RunnerDetector, RunnerTrackerModules
 from toolkit.model.detector import Detector
 from toolkit.model.tracker import TrackerModules
+from toolkit.pipeline.artifacts import RunnerDetector, RunnerTrackerModules
 from toolkit.pipeline.stages import DetectorStages, TrackerStages
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from toolkit.golden import check_stage, stage_tensor
+from toolkit.checkpoint.weights import synthetic_state_dict
 from toolkit.model.text import TextEncoder
-from toolkit.tokenizer import Tokenizer
-from toolkit.weights import synthetic_state_dict
+from toolkit.pipeline.tokenizer import Tokenizer
+from toolkit.verify.golden import check_stage, stage_tensor
 
 PREFIX = "detector.backbone.language_backbone."
 CASES = {"txt_person": "person", "txt_red_cup": "a red cup"}

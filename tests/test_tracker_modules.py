@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import BANK_EXACT_RTOL
 
-from toolkit.golden import check_stage, compare_tensor, golden_path, load_stage, stage_tensor
+from toolkit.checkpoint.weights import synthetic_state_dict
 from toolkit.model.tracker import (
     SamMaskDecoder,
     TrackerModules,
@@ -22,7 +22,7 @@ from toolkit.model.tracker import (
     memory_mask_probability,
 )
 from toolkit.model.tracker.rope import axial_rope_tables, rotate
-from toolkit.weights import synthetic_state_dict
+from toolkit.verify.golden import check_stage, compare_tensor, golden_path, load_stage, stage_tensor
 
 FRAME_STAGES = {0: "trk_f0_prompt", 1: "trk_f1_propagate", 2: "trk_f2_propagate"}
 NUM_FRAMES = 3
@@ -203,7 +203,7 @@ def golden_case_memory_bank(tracker, frame_idx, cond, non_cond):
 def frame_features():
     """Tracker pyramid of the three golden frames: {frame: (fpn list, pos list)}."""
     from toolkit.model.vision import VisionBackbone
-    from toolkit.preprocess import load_rgb, preprocess_frame
+    from toolkit.pipeline.preprocess import load_rgb, preprocess_frame
 
     backbone = VisionBackbone().eval()
     backbone.load_state_dict(synthetic_state_dict("detector.backbone.vision_backbone."), strict=True)

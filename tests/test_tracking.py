@@ -15,12 +15,12 @@ from PIL import Image
 
 from toolkit.cli import main
 from toolkit.errors import ToolkitError
-from toolkit.golden import compare_tensor, compare_tracker_dump, golden_path, load_stage, manifest
 from toolkit.model.tracker import effective_iou_score, memory_mask_probability
 from toolkit.pipeline import memory_bank as mb
 from toolkit.pipeline.intermediates import load_dump
 from toolkit.pipeline.memory_bank import MemoryBank, PointerMemory, SpatialMemory
 from toolkit.pipeline.video import ClickPrompt, mask_nms, natural_key, open_frames
+from toolkit.verify.golden import compare_tensor, compare_tracker_dump, golden_path, load_stage, manifest
 
 FRAMES = str(golden_path("inputs", "tracker_frames"))
 CLICK = "312,180"
@@ -249,8 +249,8 @@ def golden_track_upstream_mask(tmp_path_factory):
     boundary both sides share, what remains is the pipeline's memory bank. Returns the dump."""
     import torch.nn.functional as F
 
-    from toolkit.golden import stage_tensor
     from toolkit.pipeline import video
+    from toolkit.verify.golden import stage_tensor
     upstream = F.interpolate(torch.from_numpy(stage_tensor("trk_f0_prompt__07_track_step", "out.pred_masks")),
                              size=(1008, 1008), mode="bilinear", align_corners=False)
     ours = video.memory_mask_probability

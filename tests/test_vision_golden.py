@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from toolkit.golden import check_stage, golden_path
+from toolkit.checkpoint.weights import synthetic_state_dict
 from toolkit.model.position import PositionEmbeddingSine
 from toolkit.model.vision import VisionBackbone
-from toolkit.preprocess import load_rgb, preprocess_frame, preprocess_image
-from toolkit.weights import synthetic_state_dict
+from toolkit.pipeline.preprocess import load_rgb, preprocess_frame, preprocess_image
+from toolkit.verify.golden import check_stage, golden_path
 
 PREFIX = "detector.backbone.vision_backbone."
 LEVEL_SHAPES = [(1, 256, 288, 288), (1, 256, 144, 144), (1, 256, 72, 72)]

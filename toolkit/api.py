@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import checkpoint, inventory, layout
+from .checkpoint import inventory, layout, loader
 from .errors import ToolkitError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `toolkit inspect` needs no model code
@@ -35,8 +35,8 @@ class InspectReport:
 
 def inspect_checkpoint(path: str | Path) -> InspectReport:
     """Validate a checkpoint and tabulate its components (dead trunk included, then dropped)."""
-    sd, container, meta = checkpoint.read_raw(path)
-    live, dead_keys, dead_numel = checkpoint.validate(sd, str(path))
+    sd, container, meta = loader.read_raw(path)
+    live, dead_keys, dead_numel = loader.validate(sd, str(path))
     rows = inventory.component_rows({k: tuple(v.shape) for k, v in sd.items()})
     return InspectReport(str(path), container, str(meta.get("weights", "")), rows, dead_keys, dead_numel,
                          len(live), sum(t.numel() for t in live.values()))
@@ -48,7 +48,7 @@ def load_detector(checkpoint_path: str | Path | None = None) -> tuple[Detector, 
     Without a checkpoint it uses the embedded default (deterministic weights, not the trained ones).
     """
     from .model.detector import Detector
-    weights = checkpoint.resolve_weights(checkpoint_path, ("detector.",))
+    weights = loader.resolve_weights(checkpoint_path, ("detector.",))
     detector = Detector()
     detector.load_state_dict(weights.under("detector."), strict=True)
     return detector.eval(), weights.label
@@ -77,11 +77,11 @@ def segment(image: str | Path, prompt: str, out: str | Path, checkpoint_path: st
     import numpy as np
     from PIL import Image
 
-    from .images import read_image
-    from .outputs import fresh_output_dir, guard_outputs
+    from .files.images import read_image
+    from .files.outputs import fresh_output_dir, guard_outputs
+    from .files.visualize import overlay
     from .pipeline.image import ImageSegmenter, check_prompt
     from .pipeline.intermediates import StageDump
-    from .visualize import overlay
 
     guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
                   {"--image": image, "--checkpoint": None if loaded else checkpoint_path})
@@ -140,7 +140,7 @@ def load_video_tracker(checkpoint_path: str | Path | None = None,
     from .model.vision import VisionBackbone
     from .pipeline.video import VideoTracker
     backbone_prefix = "detector." if with_detector else "detector.backbone.vision_backbone."
-    weights = checkpoint.resolve_weights(checkpoint_path, ("tracker.", backbone_prefix))
+    weights = loader.resolve_weights(checkpoint_path, ("tracker.", backbone_prefix))
     tracker_state, backbone_state, label = weights.under("tracker."), weights.under(backbone_prefix), weights.label
     tracker = TrackerModules()
     tracker.load_state_dict(tracker_state, strict=True)
@@ -183,11 +183,11 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
     import numpy as np
     from PIL import Image
 
-    from .outputs import fresh_output_dir, guard_outputs
+    from .files.outputs import fresh_output_dir, guard_outputs
+    from .files.visualize import track_panel, track_strip
     from .pipeline.intermediates import StageDump
+    from .pipeline.tokenizer import check_prompt_text
     from .pipeline.video import ClickPrompt, check_frame_index, open_frames
-    from .tokenizer import check_prompt_text
-    from .visualize import track_panel, track_strip
 
     guard_outputs({"--out": out, "--save-intermediates": save_intermediates},
                   {"--frames": frames, "--checkpoint": None if loaded else checkpoint_path})
@@ -264,14 +264,14 @@ def track(frames: str | Path, out: str | Path, checkpoint_path: str | Path | Non
 def export(out: str | Path, checkpoint_path: str | Path | None = None, components: list[str] | None = None,
            formats: list[str] = ("onnx", "ptl"), force: bool = False, progress=lambda message: None):
     """`toolkit export`: components to ONNX / TorchScript lite under `out`, each verified; returns the
-    `toolkit.export.ExportReport` (also written to `out/export_report.json`)."""
-    from .export import check_out, check_selection, run_export
-    from .outputs import guard_outputs
+    `toolkit.deploy.export.ExportReport` (also written to `out/export_report.json`)."""
+    from .deploy.export import check_out, check_selection, run_export
+    from .files.outputs import guard_outputs
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path})
     components = check_selection(components, formats)
     check_out(out, components, formats)  # before the weights load
     progress("loading the weights")
-    weights = checkpoint.resolve_weights(checkpoint_path)
+    weights = loader.resolve_weights(checkpoint_path)
     return run_export(out, weights.state, weights.label, components, formats, force, progress)
 
 
@@ -298,8 +298,8 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
     from .bench import report as bench_report
     from .bench.backends import RUNNER_ALIASES, RUNNER_KINDS
     from .bench.scenarios import SCENARIOS
-    from .components import COMPONENTS
-    from .outputs import fresh_output_dir, guard_outputs
+    from .components.registry import COMPONENTS
+    from .files.outputs import fresh_output_dir, guard_outputs
 
     bundles = [str(b) for b in bundles or []]
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--artifacts": artifacts,
@@ -326,7 +326,7 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
     if artifacts is not None and not Path(artifacts).is_dir():
         raise ToolkitError(f"--artifacts {artifacts} is not a directory")
     if checkpoint_path is not None:
-        checkpoint.load_checkpoint(checkpoint_path)  # fail here, not on the device
+        loader.load_checkpoint(checkpoint_path)  # fail here, not on the device
     if bundles:
         from .bench.bundles import check_request
         check_request(bundles, device)  # a path that is not a bundle: one line before anything runs
@@ -345,8 +345,8 @@ def bench(out: str | Path, checkpoint_path: str | Path | None = None, artifacts:
 # --- targets and bundles (`toolkit targets`, `build`, `verify`, `run`) --------------------------------
 
 def list_targets() -> list:
-    """Every target file found (see `toolkit.targets`), loaded and validated."""
-    from .targets import available, load_target
+    """Every target file found (see `toolkit.deploy.targets`), loaded and validated."""
+    from .deploy.targets import available, load_target
     return [load_target(path) for path in available().values()]
 
 
@@ -355,12 +355,12 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
           archive: bool = False, precision: str | None = None, calibration: str | Path | None = None,
           progress=lambda message: None):
     """`toolkit build`: the bundle of `target` (a name or a .toml path) under `out`; returns the
-    `toolkit.build.BuildReport`. Without a checkpoint it uses the embedded default and says so.
+    `toolkit.deploy.build.BuildReport`. Without a checkpoint it uses the embedded default and says so.
     `precision` overrides the target file's (`--precision`); `calibration`: the calibration set
     directory of the quantized precisions (default: the shipped `calibration/`)."""
-    from .build import read_concepts, run_build
-    from .outputs import guard_outputs
-    from .targets import find_target
+    from .deploy.build import read_concepts, run_build
+    from .deploy.targets import find_target
+    from .files.outputs import guard_outputs
     # the export cache is read as well as written: the bundle folder may not hold it either
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--concepts": concepts, "--cache": cache_dir,
                                    "--target": target if Path(target).is_file() else None,
@@ -374,7 +374,7 @@ def build(target: str, out: str | Path, checkpoint_path: str | Path | None = Non
     concept_list = read_concepts(concepts) if concepts else None
     if checkpoint_path is None:
         progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
-    weights = checkpoint.resolve_weights(checkpoint_path)
+    weights = loader.resolve_weights(checkpoint_path)
     return run_build(spec, out, weights.state, weights.label, weights.embedded_default, str(checkpoint_path) if checkpoint_path else None,
                      concept_list, components, cache_dir, force, archive, calibration_dir=calibration,
                      progress=progress)
@@ -387,11 +387,11 @@ def calibrate(out: str | Path, checkpoint_path: str | Path | None = None, calibr
     calibration part (and the evaluation part with `evaluation`) of `calibration` (default: the shipped
     set), written to `out` as `<part>/<component>/NNNN.npz` with calibration.json / calibration.md
     (per-input statistics); returns `toolkit.quantize.record.CalibrateResult`."""
-    from .components import COMPONENTS
-    from .outputs import fresh_output_dir, guard_outputs
+    from .components.registry import COMPONENTS
+    from .files.outputs import fresh_output_dir, guard_outputs
     from .quantize import CalibrationSet
     from .quantize.record import PARTS, record_calibration
-    from .verify import Reference
+    from .verify.compare import Reference
     guard_outputs({"--out": out}, {"--checkpoint": checkpoint_path, "--calibration": calibration})
     names = list(COMPONENTS) if components is None else list(components)
     unknown = [n for n in names if n not in COMPONENTS]
@@ -402,7 +402,7 @@ def calibrate(out: str | Path, checkpoint_path: str | Path | None = None, calibr
     CalibrationSet.load(calibration)  # a bad set is one line before any model is built
     if checkpoint_path is None:
         progress("no --checkpoint: using the embedded default checkpoint (deterministic weights, NOT trained)")
-    weights = checkpoint.resolve_weights(checkpoint_path)
+    weights = loader.resolve_weights(checkpoint_path)
     reference = Reference(weights.state, False, progress, names)
     with fresh_output_dir(out, force) as tmp:
         result = record_calibration(reference.graphs, names, tmp, calibration, samples,
@@ -418,7 +418,7 @@ def quantize_report(bundle: str | Path, out: str | Path, op_types: str = "worst"
     """`toolkit quantize-report`: report.md and sensitivity.png of a quantized bundle under `out` (every
     precision each component's ladder tried, from the manifest; per operator type for `op_types`: a
     component, "worst" or "none"). Returns (ladders, per-operator-type rows, files)."""
-    from .outputs import fresh_output_dir, guard_outputs
+    from .files.outputs import fresh_output_dir, guard_outputs
     from .quantize.bundle_report import quantize_report as write
     guard_outputs({"--out": out}, {"bundle": bundle, "--checkpoint": checkpoint_path, "--calibration": calibration,
                                    "--cache": cache_dir})
@@ -431,8 +431,8 @@ def verify(bundle: str | Path, checkpoint_path: str | Path | None = None, parity
            components: list[str] | None = None, calibration: str | Path | None = None,
            progress=lambda message: None):
     """`toolkit verify`: schema, checksums and parity of a bundle directory or archive; returns the
-    `toolkit.verify_bundle.VerifyReport` (a bad schema or file raises a one-line ToolkitError)."""
-    from .verify_bundle import verify_bundle
+    `toolkit.verify.bundle.VerifyReport` (a bad schema or file raises a one-line ToolkitError)."""
+    from .verify.bundle import verify_bundle
     return verify_bundle(bundle, checkpoint_path, parity, components, progress=progress, calibration=calibration)
 
 
@@ -453,8 +453,8 @@ def run_bundle(bundle: str | Path, out: str | Path, image: str | Path | None = N
 
 def _run_bundle(bundle, out, image, prompt, frames, boxes, negative_boxes, points, negative_points, frame, threshold,
                 max_objects, save_intermediates, force, threads, progress):
-    from .bundle import open_bundle
-    from .outputs import guard_outputs
+    from .deploy.bundle import open_bundle
+    from .files.outputs import guard_outputs
     from .runtime import Bundle, Segmenter, Tracker
     if (image is None) == (frames is None):
         raise ToolkitError("give --image (segmentation) or --frames (tracking)")

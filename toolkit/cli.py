@@ -12,7 +12,7 @@ from .errors import ToolkitError
 
 def _inspect(args) -> None:
     from .api import inspect_checkpoint
-    from .inventory import format_table
+    from .checkpoint.inventory import format_table
     report = inspect_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -29,7 +29,7 @@ def _inspect(args) -> None:
 
 
 def _make_default(args) -> None:
-    from .weights import write_default_checkpoint
+    from .checkpoint.weights import write_default_checkpoint
     info = write_default_checkpoint(args.out, with_dead_trunk=args.with_dead_trunk, force=args.force)
     print(f"wrote {info['path']}: {info['keys']:,} entries / {info['numel']:,} numbers")
     print(f"weights: {info['weights']}")
@@ -89,7 +89,7 @@ def _names(text: str) -> list[str]:
 
 def _export(args) -> None:
     from .api import export
-    from .export import REPORT_NAME, format_table
+    from .deploy.export import REPORT_NAME, format_table
     from .machine import cpu_line
     components = [name for group in args.components for name in group] or None
     report = export(args.out, args.checkpoint, components, args.format, args.force, progress=_progress)
@@ -123,7 +123,7 @@ def _bench(args) -> None:
 
 def _targets(args) -> None:
     from .api import list_targets
-    from .targets import describe
+    from .deploy.targets import describe
     targets = list_targets()
     if args.json:
         print(json.dumps([{**t.to_json(), "path": t.path, "components": {n: vars(p) for n, p in t.plans.items()}}
@@ -189,11 +189,11 @@ def _quantize_report(args) -> None:
 def _verify(args) -> None:
     from .api import verify
     from .machine import cpu_line
-    from .verify_bundle import format_rows
+    from .verify.bundle import format_rows
     components = [name for group in args.components for name in group] or None
     report = verify(args.bundle, args.checkpoint, not args.no_parity, components, args.calibration, progress=_progress)
     if args.report:
-        from .verify_bundle import write_report
+        from .verify.bundle import write_report
         _progress(f"report: {write_report(report, args.report)}")
     print(f"{report.bundle} (target {report.target}): schema ok, {report.files} files ({_mib(report.bytes)}) match "
           "their sha256")

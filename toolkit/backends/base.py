@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ..components import COMPONENTS, Component
+from ..components.registry import COMPONENTS, Component
 from ..runners import Runner
 
 Failures = dict[str, str]
 
 
 class Stage(Protocol):
-    """`job`: the build (`toolkit.build._Job`: root, target settings, exports, entries, verify);
+    """`job`: the build (`toolkit.deploy.build._Job`: root, target settings, exports, entries, verify);
     `plans`: the target's `ComponentPlan`s this backend makes."""
 
     def __call__(self, job, backend: Backend, plans: list) -> Failures: ...

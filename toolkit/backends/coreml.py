@@ -17,7 +17,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
-from ..components import COMPONENTS
+from ..components.registry import COMPONENTS
 from . import base
 from .quantize import quantize, simulation_for, unquantized
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
-from ..components import Component
+from ..components.registry import Component
 from . import base
 from .quantize import quantize
 
 
 def make(comp: Component, graph, args, path: Path) -> dict:
+    from ..components.spec import DIMS
     from ..convert.onnx_export import export_onnx
-    from ..spec import DIMS
     info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS, path,
                        comp.onnx.exporter, comp.onnx.opset)
     return {"exporter": info.exporter, "opset": info.opset, "nodes": info.nodes, "export_seconds": info.seconds}

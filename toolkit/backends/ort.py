@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..components import COMPONENTS, Component
+from ..components.registry import COMPONENTS, Component
 from . import base
 from .onnx import make as make_onnx
 from .onnx import ort_runtime, ort_session

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..components import Component
+from ..components.registry import Component
 from . import base
 from .quantize import quantize
 

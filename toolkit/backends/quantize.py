@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from importlib import metadata
 from pathlib import Path
 
-from ..components import COMPONENTS, weights
+from ..components.registry import COMPONENTS, weights
 from . import base
 
 
@@ -55,7 +55,7 @@ def _graph_key(job, name: str) -> str:
     keys = _GRAPH_KEYS.setdefault(job, {})
     if name not in keys:
         from ..convert import cache
-        from ..export import code_digest, tool_versions
+        from ..deploy.export import code_digest, tool_versions
         comp = COMPONENTS[name]
         keys[name] = cache.digest_json({"code": code_digest(), "versions": tool_versions(),
                                         "declaration": comp.declaration(),

@@ -2,7 +2,7 @@
 TensorRT version's list) plus the on-device engine build; here it runs on ONNX Runtime."""
 from __future__ import annotations
 
-from ..components import COMPONENTS
+from ..components.registry import COMPONENTS
 from . import base
 from .onnx import ort_runtime, ort_session
 from .quantize import quantize

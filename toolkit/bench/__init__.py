@@ -11,7 +11,7 @@
   devices.py    local, or ssh://user@host[:port] (copy, run with the device's Python, bring back)
   report.py     the versioned JSON schema, Markdown, PNG plots
 
-Components come from `toolkit.components` and runners from `toolkit.runners`: nothing here lists
+Components come from `toolkit.components.registry` and runners from `toolkit.runners`: nothing here lists
 components or implements a backend.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..backends import BACKENDS, Backend
-from ..components import COMPONENTS, Component
+from ..components.registry import COMPONENTS, Component
 
 EAGER = "torch"
 
@@ -44,7 +44,7 @@ class Sources:
 
     @cached_property
     def weights(self):
-        from ..checkpoint import resolve_weights
+        from ..checkpoint.loader import resolve_weights
         self.progress(f"loading {self.checkpoint}" if self.checkpoint else "generating the embedded default weights")
         return resolve_weights(self.checkpoint)
 
@@ -58,12 +58,12 @@ class Sources:
 
     @cached_property
     def models(self):
-        from ..components import load_models
+        from ..components.registry import load_models
         self.progress("building the PyTorch model")
         return load_models(self.state)
 
     def graph(self, name: str):
-        from ..components import build_graph
+        from ..components.registry import build_graph
         if name not in self._graphs:
             self._graphs[name] = build_graph(self.models, COMPONENTS[name])
         return self._graphs[name]
@@ -83,7 +83,7 @@ class Sources:
         return f"no {name}{suffix} in {self.artifacts}"
 
     def weight_bytes(self, comp: Component) -> int:
-        from ..components import weights
+        from ..components.registry import weights
         return sum(t.numel() * t.element_size() for t in weights(self.state, comp).values())
 
 

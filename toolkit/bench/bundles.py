@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..backends import BACKENDS
-from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
-from ..components import COMPONENTS
+from ..components.registry import COMPONENTS
 from ..errors import ToolkitError
+from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
 from ..runtime.sessions import ORT_FORMATS  # what the runtime runs
 from .harness import _error, _Row, load_1min, sig3, summarize, with_changes
 
@@ -58,7 +58,7 @@ class BenchBundle:
     def describe(self) -> dict:
         comps = self.manifest["components"]
         sizes = {name: self.component_bytes(name) for name in comps}
-        from ..bundle import walk_files
+        from ..deploy.bundle import walk_files
         total = sum((self.root / rel).stat().st_size for rel in walk_files(self.root))  # manifest, engines too
         return {"label": self.label, "path": str(self.root), "target": self.manifest["target"]["name"],
                 "status": "ok", "size_bytes": total, "other_bytes": total - sum(sizes.values()),
@@ -70,7 +70,7 @@ class BenchBundle:
 def open_one(path: str, taken: set[str]) -> BenchBundle:
     """`path` as a bundle (schema, declarations and every file's sha256 checked; BundleError, one line,
     otherwise), labelled by its folder name, made unique among `taken` (which it joins)."""
-    from ..bundle import open_bundle
+    from ..deploy.bundle import open_bundle
 
     opened = open_bundle(path)
     name = label = Path(path).resolve().name
@@ -91,7 +91,7 @@ def open_bundles(paths: list[str]) -> list[BenchBundle]:
 
 def _bundle_runner(bundle: BenchBundle, comp, dims: dict, threads: int):
     """(factory, None) for the bundle's artifact of `comp`, or (None, why it cannot run here)."""
-    from ..bundle_runtime import artifact_runner
+    from ..pipeline.artifacts import artifact_runner
 
     entry = bundle.manifest["components"].get(comp.name)
     if entry is None:

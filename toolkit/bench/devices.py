@@ -138,7 +138,7 @@ class SshDevice:
 
     def _payload(self, config, inputs: Path | None) -> tuple[list[tuple[Path, str]], dict]:
         """(local path, name on the device) to copy, and the config as the device sees it."""
-        from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+        from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
         from .backends import RUNNER_KINDS
         files: list[tuple[Path, str]] = [(_PACKAGE, "toolkit")]
         remote = config.to_json()

@@ -156,7 +156,7 @@ def _time_runner(runner, feeds: dict, warmup: int, repeats: int) -> list[float]:
 
 
 def _component_rows(config: BenchConfig, sources, peak: dict, progress: Progress) -> tuple[list[dict], dict]:
-    from ..components import COMPONENTS
+    from ..components.registry import COMPONENTS
     from .backends import EAGER, RUNNER_KINDS
 
     rows, flops = [], {}
@@ -227,7 +227,7 @@ def measure(config: BenchConfig, progress: Progress = lambda message: None) -> d
     """Run everything `config` asks for on this machine; returns the results document."""
     import torch
 
-    from ..components import COMPONENTS
+    from ..components.registry import COMPONENTS
     from . import scenarios as scenario_mod
     from .backends import RUNNER_KINDS, Sources
     from .devices import describe

@@ -121,7 +121,7 @@ def _child(spec: dict) -> None:
         return
     import torch
 
-    from ..components import COMPONENTS
+    from ..components.registry import COMPONENTS
     from .backends import RUNNER_KINDS, Sources
 
     torch.set_num_threads(spec["threads"])

@@ -10,7 +10,7 @@
 the loaded Detector, VideoTracker on the tracker modules): the baseline of `ratio_to_eager`,
 measured in the same run. A runner kind runs the same pipeline code with the model's stage calls
 served by that kind's component runners, through the adapters a bundle runs with
-(`toolkit.bundle_runtime.RunnerDetector` / `RunnerTracker`): pre-processing, tokenizer, prompt
+(`toolkit.pipeline.artifacts.RunnerDetector` / `RunnerTracker`): pre-processing, tokenizer, prompt
 assembly, memory bank and post-processing are the pipeline's own.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
 
 SCENARIOS = {
     "image_text": "image + text prompt -> masks (coffee.png 600x400, 'person')",
@@ -49,8 +49,8 @@ def prepare_inputs(out: str | Path, frames: int = 8) -> Path:
     without the fixture, the same file as the README's docs/coffee.png)."""
     from PIL import Image
 
-    from ..golden import golden_available, golden_path
-    from ..preprocess import load_rgb
+    from ..pipeline.preprocess import load_rgb
+    from ..verify.golden import golden_available, golden_path
 
     out = Path(out)
     (out / "frames").mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ def prepare_inputs(out: str | Path, frames: int = 8) -> Path:
 
 
 def _image_case(segmenter, inputs: Path, boxes: bool) -> Callable[[], dict]:
-    from ..preprocess import load_rgb
+    from ..pipeline.preprocess import load_rgb
 
     rgb = load_rgb(inputs / "image.png")
 
@@ -92,7 +92,7 @@ def _tracking_case(tracker, inputs: Path, frames: int) -> Callable[[], dict]:
 
 def _runners(kind_name: str, names: tuple[str, ...], sources) -> tuple[dict | None, str | None]:
     """Runners of `names` on one kind, or why that kind cannot run them all."""
-    from ..components import COMPONENTS
+    from ..components.registry import COMPONENTS
     from .backends import RUNNER_KINDS
 
     kind = RUNNER_KINDS[kind_name]
@@ -122,7 +122,7 @@ def _pipelines(kind_name: str, config, sources) -> tuple[dict[str, Callable[[], 
             if runners is None:
                 skipped.update(dict.fromkeys(image_wanted, reason))
             else:
-                from ..bundle_runtime import RunnerDetector
+                from ..pipeline.artifacts import RunnerDetector
                 segmenter = ImageSegmenter(RunnerDetector(runners))
         if segmenter is not None:
             for s in image_wanted:
@@ -137,7 +137,7 @@ def _pipelines(kind_name: str, config, sources) -> tuple[dict[str, Callable[[], 
             if runners is None:
                 skipped["tracking"] = reason
             else:
-                from ..bundle_runtime import RunnerTracker
+                from ..pipeline.artifacts import RunnerTracker
                 tracker = RunnerTracker(runners)
         if tracker is not None:
             cases["tracking"] = _tracking_case(tracker, inputs, config.tracking_frames)

@@ -74,7 +74,7 @@ def _eager(spec: dict) -> None:
     import torch
 
     from toolkit import api
-    from toolkit.images import load_rgb
+    from toolkit.files.images import load_rgb
 
     torch.set_num_threads(spec["threads"])
     if spec["scenario"] == "tracking":

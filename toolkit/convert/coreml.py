@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..components.spec import DIMS, TensorSpec, linear_form
 from ..errors import ToolkitError
 from ..runners.base import Runner
-from ..spec import DIMS, TensorSpec, linear_form
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)  # per-op progress and version chatter
 with warnings.catch_warnings():

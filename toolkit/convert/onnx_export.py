@@ -20,7 +20,7 @@ import onnxslim
 import torch
 from torch import nn
 
-from ..spec import Dim, linear_form
+from ..components.spec import Dim, linear_form
 
 EXPORTERS = ("dynamo", "legacy")
 # onnxslim folds every constant subgraph by default; a folded result this large is stored in the file

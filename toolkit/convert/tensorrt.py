@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from ..spec import linear_form
+from ..components.spec import linear_form
 
 _TYPE_NAMES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
                TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.BOOL: "BOOL",

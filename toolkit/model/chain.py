@@ -2,7 +2,7 @@
 
 `ground(run, ...)` is upstream's `forward_grounding` as a walk over the deployable components:
 `run(component name, **named feeds) -> named outputs` is a PyTorch component graph, an artifact
-runner, a recorder around one (`toolkit.components.golden_feeds`, `toolkit.bundle_runtime.RunnerDetector`,
+runner, a recorder around one (`toolkit.components.registry.golden_feeds`, `toolkit.pipeline.artifacts.RunnerDetector`,
 the calibration feeds), the torch-free runtime's sessions (`toolkit.runtime.image.Segmenter`), or the
 `Detector`'s own stage methods (`Detector.forward_grounding`). The walk itself is array-agnostic:
 numpy arrays, or torch tensors with `concat=torch.cat`. Imports numpy only (the runtime uses it).

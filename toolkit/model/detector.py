@@ -34,7 +34,7 @@ from toolkit.model.scoring import DotProductScoring
 from toolkit.model.segmentation_head import SegmentationHead
 from toolkit.model.text import TextEncoder
 from toolkit.model.vision import Features, VisionBackbone
-from toolkit.postprocess import postprocess_grounding
+from toolkit.pipeline.postprocess import postprocess_grounding
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -252,7 +252,7 @@ def detections(
     score_threshold: float = 0.5,
     record: Recorder | None = None,
 ) -> dict[str, np.ndarray]:
-    """Grounding outputs (batch 1) -> detections at the original image size (toolkit.postprocess)."""
+    """Grounding outputs (batch 1) -> detections at the original image size (toolkit.pipeline.postprocess)."""
     arrays = {
         name: outputs[name].detach().cpu().numpy()
         for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec")

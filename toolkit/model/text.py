@@ -1,7 +1,7 @@
 """MobileCLIP-S1 text encoder with the 512 -> 256 projector into SAM3's model width.
 
 Checkpoint prefix: ``detector.backbone.language_backbone.`` (``encoder.*``, ``projector.*``).
-Input is token ids from :class:`toolkit.tokenizer.Tokenizer`; tokenisation stays outside so the
+Input is token ids from :class:`toolkit.pipeline.tokenizer.Tokenizer`; tokenisation stays outside so the
 module exports from ids. Every token attends to every other one, padding included: the S1
 tower has no causal mask and upstream passes no padding mask.
 """

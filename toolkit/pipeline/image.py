@@ -1,6 +1,6 @@
 """Image path: RGB image + text (+ boxes) -> detections at the original resolution.
 
-The same code drives the PyTorch reference and component runners (`toolkit.bundle_runtime`): it only
+The same code drives the PyTorch reference and component runners (`toolkit.pipeline.artifacts`): it only
 calls the detector's stage methods (`toolkit.pipeline.stages.DetectorStages`) and the numpy
 post-processing an app would reproduce.
 """
@@ -14,11 +14,11 @@ import torch
 from ..errors import ToolkitError
 from ..model.detector import detections
 from ..model.recording import Recorder
-from ..preprocess import preprocess_image
 from ..runtime.errors import RuntimeInputError
 from ..runtime.image import boxes_to_prompt, check_boxes
-from ..tokenizer import Tokenizer, check_prompt_text
+from .preprocess import preprocess_image
 from .stages import DetectorStages
+from .tokenizer import Tokenizer, check_prompt_text
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 `ImageSegmenter` and `VideoTracker` drive "something that runs the detector / tracker stages": the
 PyTorch model (`toolkit.model.detector.Detector`, `toolkit.model.tracker.TrackerModules`) or its
-stand-ins over component runners (`toolkit.bundle_runtime.RunnerDetector`, `RunnerTrackerModules`).
+stand-ins over component runners (`toolkit.pipeline.artifacts.RunnerDetector`, `RunnerTrackerModules`).
 Each satisfies these protocols structurally; `tests/test_stages.py` checks every method's signature.
 
 Every stage takes or gives tensors under the reference's layouts; `record(stage, tensors)` receives
@@ -41,7 +41,7 @@ class TrackerStages(Protocol):
     The modules are where a run's stages are recorded (forward hooks): their outputs are the golden
     stages 02-06. `VideoTracker`'s own frame encoding (the vision backbone's pyramid), memory-input
     layout and mask-prompt path (text prompts) are the PyTorch model's; a stand-in's pipeline
-    overrides the first two and refuses the third (`toolkit.bundle_runtime.RunnerTracker`).
+    overrides the first two and refuses the third (`toolkit.pipeline.artifacts.RunnerTracker`).
     """
 
     sam_prompt_encoder: nn.Module

@@ -12,7 +12,7 @@ Flow (upstream `Sam3TrackerPredictor`: `add_new_points_or_box` / `add_new_mask`,
    the frame for later ones.
 
 Only the stage methods of the neural modules (`toolkit.pipeline.stages`) and the memory-bank rules
-are used, so the same loop drives component runners (`toolkit.bundle_runtime.RunnerTracker`).
+are used, so the same loop drives component runners (`toolkit.pipeline.artifacts.RunnerTracker`).
 """
 from __future__ import annotations
 
@@ -28,17 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ToolkitError
-from ..images import image_size_hw, load_rgb
+from ..files.images import image_size_hw, load_rgb
 from ..model.detector import detections
 from ..model.recording import Recorder, recording_output, stage_tensors
 from ..model.tracker import memory_mask_probability
 from ..model.vision import VisionBackbone
-from ..preprocess import IMAGE_SIZE, preprocess_frame
 from ..runtime.errors import RuntimeInputError
 from ..runtime.video import check_prompt, model_points
-from ..tokenizer import Tokenizer
 from .memory_bank import MemoryBank, MemoryPlan, frame_quality, use_multimask
+from .preprocess import IMAGE_SIZE, preprocess_frame
 from .stages import DetectorStages, TrackerStages
+from .tokenizer import Tokenizer
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # Decoded video frames are held in memory; longer videos should be extracted to a folder first.
@@ -270,7 +270,7 @@ class VideoTracker:
     """Prompt objects on one frame and follow them through all frames.
 
     `backbone` is the vision backbone shared with the detector (None for a subclass that encodes
-    frames itself: `toolkit.bundle_runtime.RunnerTracker`); `tracker` runs the tracker stages
+    frames itself: `toolkit.pipeline.artifacts.RunnerTracker`); `tracker` runs the tracker stages
     (`TrackerModules` or a stand-in); `detector` (and a tokenizer) are needed only for text prompts.
     """
 

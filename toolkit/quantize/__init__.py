@@ -49,7 +49,7 @@ make a precision raises `QuantizeError`, which the ladder records as the reason 
 
 **Measurement** (`metrics`, `evaluate`)
     `metrics.tensor_figures`, `sqnr_db`, `cosine`, `mask_iou` (margin-aware, via
-    toolkit.verify.mask_agreement), `match_detections`, `detection_figures`, `track_figures`,
+    toolkit.verify.compare.mask_agreement), `match_detections`, `detection_figures`, `track_figures`,
     `worst`. `evaluate.measure_component(ref_runner, cand_runner, feeds, masks)` (alone),
     `measure_detector(ref_runners, cand_runners, part)`, `measure_tracker(...)` (end to end):
     each -> {"figures": flat dict for Gate.check, ...detail}.

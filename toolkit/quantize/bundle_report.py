@@ -53,11 +53,11 @@ def header(manifest: dict, bundle: Path) -> str:
 def op_type_rows(bundle, name: str, checkpoint_path, calibration_dir, cache_dir,
                  progress: Callable[[str], None]) -> list[dict]:
     """Per operator type figures of component `name` of the bundle (see the module doc)."""
-    from ..build import default_cache_dir
-    from ..components import COMPONENTS
-    from ..export import run_export
-    from ..verify import Reference
-    from ..verify_bundle import _calibration_for, _reference_state, weights_digest
+    from ..components.registry import COMPONENTS
+    from ..deploy.build import default_cache_dir
+    from ..deploy.export import run_export
+    from ..verify.bundle import _calibration_for, _reference_state, weights_digest
+    from ..verify.compare import Reference
     from .report import op_type_sensitivity
     state = _reference_state(bundle, checkpoint_path, progress)
     cache = Path(cache_dir) if cache_dir else default_cache_dir(weights_digest(state))
@@ -83,7 +83,7 @@ def quantize_report(bundle_dir: str | Path, out: Path, op_types: str = "worst", 
                     progress: Callable[[str], None] = lambda message: None) -> tuple[list[dict], dict, list[Path]]:
     """Write report.md and sensitivity.png of the bundle into `out`; `op_types`: a component name,
     "worst" or "none". Returns (ladders, {component: per-operator-type rows}, files)."""
-    from ..bundle import open_bundle
+    from ..deploy.bundle import open_bundle
     from .report import write_report
     bundle = open_bundle(bundle_dir)
     ladders = ladders_of(bundle.manifest)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ToolkitError
-from ..images import image_size_hw
+from ..files.images import image_size_hw
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "calibration"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -244,7 +244,7 @@ def _numbers(text: str, count: int, where: str) -> tuple[float, ...]:
 
 
 def _read_prompts(path: Path) -> tuple[dict[str, tuple[Prompt, ...]], dict[str, TrackPrompt]]:
-    from ..tokenizer import check_prompt_text
+    from ..pipeline.tokenizer import check_prompt_text
     if path.is_symlink() or not path.is_file():
         raise ToolkitError(f"{path}: not a regular file")
     try:

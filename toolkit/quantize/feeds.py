@@ -13,7 +13,7 @@ so 8 samples take about 1 GB on disk and one sample in memory.
 
 The calls come from the code that drives a bundle: `run_image_pipeline` / `run_tracker_pipeline`
 give `toolkit.pipeline.image.ImageSegmenter` and `toolkit.pipeline.video.VideoTracker` (through
-`toolkit.bundle_runtime.RunnerDetector` / `RunnerTracker`) component runners wrapped in
+`toolkit.pipeline.artifacts.RunnerDetector` / `RunnerTracker`) component runners wrapped in
 `RecordingRunner`, which calls the hook with the exact feeds each runner gets. With PyTorch runners
 (`torch_runners`) that is the fp32 pipeline; with a quantized artifact's runners the same functions
 give the end-to-end outputs the gate compares. When the component walk is unified (golden feeds and
@@ -123,8 +123,8 @@ def recording(runners: Mapping[str, Runner], hook: Hook | None) -> dict[str, Run
 
 
 def torch_runners(graphs: Mapping, names) -> dict[str, Runner]:
-    """fp32 PyTorch runners over the component graphs (`toolkit.verify.Reference(...).graphs`)."""
-    from ..components import COMPONENTS
+    """fp32 PyTorch runners over the component graphs (`toolkit.verify.compare.Reference(...).graphs`)."""
+    from ..components.registry import COMPONENTS
     from ..runners.torch_runner import TorchRunner
     return {n: TorchRunner(graphs[n], COMPONENTS[n].input_names, COMPONENTS[n].output_names) for n in names}
 
@@ -145,8 +145,8 @@ def run_image_pipeline(runners: Mapping[str, Runner], part, hook: Hook | None = 
     """`ImageSegmenter` (the pipeline of `toolkit segment` and of a bundle) over the part's samples
     with these detector runners; every component call goes to `hook` first. The top `max_objects`
     detections by score are kept (threshold 0: the untrained default weights score low)."""
-    from ..bundle_runtime import RunnerDetector
-    from ..images import load_rgb
+    from ..files.images import load_rgb
+    from ..pipeline.artifacts import RunnerDetector
     from ..pipeline.image import ImageSegmenter
     detector = RunnerDetector(recording(runners, hook))
     segmenter = ImageSegmenter(detector)
@@ -164,7 +164,7 @@ def run_tracker_pipeline(runners: Mapping[str, Runner], part, hook: Hook | None 
     """`VideoTracker` (the pipeline of `toolkit track` and of a bundle) over the part's clip, prompted
     on its first frame with the part's @track prompt; returns the low-resolution mask logits of
     every frame (objects, 1, 288, 288), in frame order."""
-    from ..bundle_runtime import RunnerTracker
+    from ..pipeline.artifacts import RunnerTracker
     if len(part.frames) < 2:
         raise ToolkitError(f"the {part.name} part has no clip (frames/)")
     clip = _FileFrames(part.frames[:frames] if frames else part.frames)
@@ -185,7 +185,7 @@ class _FileFrames:
     """A clip from explicit frame files (a part's frames), read with the same loader as `ImageFolder`."""
 
     def __init__(self, files):
-        from ..images import image_size_hw
+        from ..files.images import image_size_hw
         self.files = list(files)
         self.names = [p.name for p in self.files]
         self.path = self.files[0].parent
@@ -196,7 +196,7 @@ class _FileFrames:
         return len(self.files)
 
     def rgb(self, index: int) -> np.ndarray:
-        from ..images import load_rgb
+        from ..files.images import load_rgb
         return load_rgb(self.files[index])
 
 
@@ -207,7 +207,7 @@ def record_feeds(runners: Mapping[str, Runner], calibration_set, out_dir: str | 
     measurement) and store up to `samples` distinct feeds per component. `runners` must hold
     the fp32 runners of the components the pipelines call (detector, tracker, or both; a pipeline
     whose runners are absent is skipped). Returns the store and the recorder's summary."""
-    from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+    from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
     root = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="esam3-calib-"))
     if out_dir is not None and root.exists() and any(root.iterdir()):
         raise ToolkitError(f"{root} is not empty: calibration feeds are recorded into an empty or new folder")

@@ -12,7 +12,7 @@ Why these metrics (they must mean something on the embedded default weights as o
 - **Cosine similarity** catches a direction change that SQNR averages away on large tensors.
 - **Max abs error** (and relative to max|ref|) catches a single bad channel or saturated outlier.
 - **Margin-aware mask IoU**: the IoU of (got > 0) and (ref > 0) over the pixels whose fp32 logit is
-  farther than `margin` from 0 (toolkit.verify.mask_agreement, the export verification's rule). The
+  farther than `margin` from 0 (toolkit.verify.compare.mask_agreement, the export verification's rule). The
   margin is fixed in advance in logit units and not derived from the candidate's error: a pixel
   whose fp32 probability lies within sigmoid(+-margin) of 0.5 is undecided in the fp32 model
   itself, so its flip is no regression; the share of such pixels and their flips are reported apart
@@ -61,7 +61,7 @@ def cosine(ref: np.ndarray, got: np.ndarray) -> float:
 
 def mask_iou(ref_logits: np.ndarray, got_logits: np.ndarray, margin: float = MASK_MARGIN) -> dict:
     """Margin-aware mask IoU (see the module docstring) with the share of undecided pixels."""
-    from ..verify import mask_agreement
+    from ..verify.compare import mask_agreement
     ref, got = _f64(ref_logits), _f64(got_logits)
     iou, flips = mask_agreement(ref, got, margin)
     uncertain = int((np.abs(ref) <= margin).sum())

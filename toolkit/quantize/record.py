@@ -2,7 +2,7 @@
 calibration set, written to a folder with per-input statistics.
 
 It is the build's own recording (`session.Calibration.store`: the fp32 pipelines a bundle runs,
-walked by `toolkit.components.ground` for the detector, with `FeedRecorder` streaming each distinct
+walked by `toolkit.components.registry.ground` for the detector, with `FeedRecorder` streaming each distinct
 call to `<part>/<component>/NNNN.npz`), run on its own so a user can look at the activations a
 quantizer will see, check that their own `--calibration DIR` reaches every component, and compare
 sets. Statistics are reduced while streaming the stored samples back one at a time (min, max, mean,

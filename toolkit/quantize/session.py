@@ -2,7 +2,7 @@
 once and lazily by the fp32 pipelines a bundle runs, then the gate's two measurements.
 
 - `Calibration.store(part)`: the fp32 pipelines (`ImageSegmenter` over `RunnerDetector`, the walk of
-  `toolkit.components.ground`; `VideoTracker` over `RunnerTracker`) run with PyTorch runners over the
+  `toolkit.components.registry.ground`; `VideoTracker` over `RunnerTracker`) run with PyTorch runners over the
   part, and `FeedRecorder` streams each quantized component's distinct feeds to
   `work/<part>/<component>/NNNN.npz` (one sample in memory). Only the pipelines that reach the
   quantized components run (the detector for detector components, the tracker for the others), on
@@ -32,7 +32,7 @@ TRACKER = "tracker"
 
 def pipelines_for(components: Iterable[str]) -> list[str]:
     """The pipelines whose runs reach `components` (the vision encoder is in both: the detector's suffices)."""
-    from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+    from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
     names = set(components)
     out = []
     if names & set(DETECTOR_COMPONENTS):
@@ -49,7 +49,7 @@ PIPELINE_FIGURES = {DETECTOR: ("matched_fraction", "max_score_delta", "max_box_d
 
 def components_behind(figure: str) -> tuple[str, ...]:
     """The components of the pipeline whose end-to-end `figure` this is (none for an unknown figure)."""
-    from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+    from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
     pipeline = next((p for p, figures in PIPELINE_FIGURES.items() if figure in figures), None)
     return {DETECTOR: tuple(DETECTOR_COMPONENTS), TRACKER: tuple(TRACKER_COMPONENTS)}.get(pipeline, ())
 
@@ -120,7 +120,7 @@ class Calibration:
         return lambda: store.iter(name, limit)
 
     def _runners(self, pipelines: list[str], candidates: Mapping[str, Runner]) -> dict[str, Runner]:
-        from ..bundle_runtime import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
+        from ..pipeline.artifacts import DETECTOR_COMPONENTS, TRACKER_COMPONENTS
         names = set()
         for p in pipelines:
             names |= set(DETECTOR_COMPONENTS if p == DETECTOR else TRACKER_COMPONENTS)

@@ -1,9 +1,9 @@
 """Opening a bundle without the toolkit: the manifest read and checked, paths that stay inside the
 bundle without passing a link, and (by default) every listed file's size and sha256.
 
-The checks are `manifest.py`'s, the same functions `toolkit.bundle` reads bundles with (one
+The checks are `manifest.py`'s, the same functions `toolkit.deploy.bundle` reads bundles with (one
 implementation), raising RuntimeInputError here. `toolkit run` opens bundles with
-`toolkit.bundle.open_bundle` (which also checks the manifest against the component declarations)
+`toolkit.deploy.bundle.open_bundle` (which also checks the manifest against the component declarations)
 and hands the result to `Bundle`; this reader is for apps and `toolkit-run`, which have only the
 runtime installed.
 """

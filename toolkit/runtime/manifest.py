@@ -1,14 +1,14 @@
 """A bundle's manifest and files, read and checked by one implementation for the toolkit and the runtime.
 
 Torch-free (the standard library and `jsonschema`): `toolkit.runtime.open_bundle` and
-`toolkit.bundle.open_bundle` both read a bundle through these functions, each raising its own
+`toolkit.deploy.bundle.open_bundle` both read a bundle through these functions, each raising its own
 one-line error type (`error`: RuntimeInputError here, BundleError in the toolkit). What they check:
 the manifest as a regular file of at most 16 MiB, valid JSON, nested at most 32 levels, the schema
 version, `toolkit/data/bundle_manifest.schema.json` (errors name the JSON path), the
 cross-references (every named file listed, no path listed twice); the bundle's files as regular
 files only (a link or special file anywhere is refused), paths that stay inside the bundle, and
 each listed file's size and sha256 (missing, modified and unlisted files). The toolkit adds the
-checks that need its component declarations and backends (`toolkit.bundle.check_declarations`,
+checks that need its component declarations and backends (`toolkit.deploy.bundle.check_declarations`,
 the artifact suffix of each format).
 """
 from __future__ import annotations

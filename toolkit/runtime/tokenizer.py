@@ -1,5 +1,5 @@
 """CLIP byte-level BPE over a vocabulary file (torch-free): the toolkit's one implementation
-(`toolkit.tokenizer` wraps it for PyTorch). Upstream's SimpleTokenizer with "lower" cleaning:
+(`toolkit.pipeline.tokenizer` wraps it for PyTorch). Upstream's SimpleTokenizer with "lower" cleaning:
 ftfy, HTML unescaped twice, whitespace collapsed, lower-case; ids = start, BPE ids, end, zero
 padding to 77. Token ids must match the text encoder's training, so the rules are not simplified.
 """

@@ -108,7 +108,7 @@ def memory_inputs(plan, features: Callable[[int], np.ndarray], pointer: Callable
     """The memory_attention component's memory feeds for a `MemoryPlan`: the planned memories stacked
     (M,B,64,72,72) float32 with their temporal slots, the object pointers (N,B,256) with their frame
     distances, and the distance scale. `features(frame)` / `pointer(frame)`: a banked frame's memory
-    features and object pointer as float32 arrays (also used by `toolkit.bundle_runtime.RunnerTracker`)."""
+    features and object pointer as float32 arrays (also used by `toolkit.pipeline.artifacts.RunnerTracker`)."""
     pointers = (np.stack([pointer(p.frame) for p in plan.pointers]) if plan.pointers
                 else np.zeros((0, objects, 256), np.float32))
     return {"memory": np.stack([features(m.frame) for m in plan.spatial]),

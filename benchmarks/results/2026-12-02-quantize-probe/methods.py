@@ -1,10 +1,14 @@
-import sys, json, time
+import json
+import sys
+import time
 from pathlib import Path
+
 from toolkit.quantize import QuantSettings
+from toolkit.quantize.evaluate import measure_component
 from toolkit.quantize.feeds import FeedStore
 from toolkit.quantize.ort import quantize_onnx
-from toolkit.quantize.evaluate import measure_component
 from toolkit.runners.ort_runner import OrtRunner
+
 feeds = Path(sys.argv[1]); src = Path("/tmp/q-export/vision_encoder.onnx")
 cal, ev = FeedStore(feeds / "calibration"), FeedStore(feeds / "evaluation")
 ref = OrtRunner(src, threads=2)

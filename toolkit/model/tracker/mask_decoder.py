@@ -198,7 +198,7 @@ def select_outputs(masks: Tensor, iou: Tensor, tokens: Tensor, object_score: Ten
                    multimask_output: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """All four mask tokens' outputs (`predict_all`) -> masks (B,M,288,288), IoU (B,M), SAM tokens
     (B,M,256), object score logits (B,1); M = 3 with `multimask_output`, else 1. The decoder's own
-    output choice, shared with the decoder of a bundle (`toolkit.bundle_runtime`).
+    output choice, shared with the decoder of a bundle (`toolkit.pipeline.artifacts`).
 
     Multimask output keeps tokens 1..3 (their tokens become object-pointer candidates).
     Single-mask output keeps token 0 unless its mask is unstable, in which case the mask and

@@ -47,7 +47,7 @@ def decode_sam_heads(stages, pix_feat: Tensor, feat_s0: Tensor, feat_s1: Tensor,
                      multimask_output: bool) -> dict[str, Tensor]:
     """One SAM decode (upstream `_forward_sam_heads` for point prompts) over `stages`' prompt
     encoder, mask decoder and object pointer: `TrackerModules` or the bundle's runners
-    (`toolkit.bundle_runtime.RunnerTrackerModules`), so both make the same mask choice.
+    (`toolkit.pipeline.artifacts.RunnerTrackerModules`), so both make the same mask choice.
 
     pix_feat (B,256,72,72) (memory-conditioned, or + no_mem_embed on a prompted frame),
     points (B,P,2) in 1008 pixels with labels (B,P); a frame without clicks passes one

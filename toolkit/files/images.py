@@ -22,7 +22,7 @@ from os import PathLike
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ToolkitError
+from ..errors import ToolkitError
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientation value -> what showing the photo upright takes (values 5..8 swap width and height).

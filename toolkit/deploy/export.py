@@ -24,22 +24,23 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .backends import Backend, exporters
-from .components import COMPONENTS, Component, parameter_count, weights
-from .convert import cache
-from .errors import ToolkitError, keep_interrupts
-from .machine import cpu
-from .outputs import error_text, is_write_error, make_dirs, remove_empty, writing_to
-from .verify import Reference, compare, run_cases
+from .. import __version__
+from ..backends import Backend, exporters
+from ..components.registry import COMPONENTS, Component, parameter_count, weights
+from ..convert import cache
+from ..errors import ToolkitError, keep_interrupts
+from ..files.outputs import error_text, is_write_error, make_dirs, remove_empty, writing_to
+from ..machine import cpu
+from ..verify.compare import Reference, compare, run_cases
 
 REPORT_NAME = "export_report.json"
 REPORT_SCHEMA = "toolkit.export_report/1"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes in exporter messages
 # Sources that decide what a graph computes or how it is checked: a change re-exports everything.
 # Named file by file (other converters and runners live beside these and do not touch these artifacts).
-_ROOT = Path(__file__).resolve().parent
-_SOURCES = ("model", "components.py", "spec.py", "verify.py", "preprocess.py", "golden.py",
+_ROOT = Path(__file__).resolve().parents[1]  # toolkit/
+_SOURCES = ("model", "components/registry.py", "components/spec.py", "verify/compare.py", "pipeline/preprocess.py",
+            "verify/golden.py",
             "convert/onnx_export.py", "convert/ort_mobile.py", "convert/ptl_export.py", "convert/reparam.py",
             "backends/base.py", "backends/onnx.py", "backends/ort.py", "backends/ptl.py",
             "runners/base.py", "runners/ort_runner.py", "runners/ptl_runner.py", "runners/torch_runner.py")

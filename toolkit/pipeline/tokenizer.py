@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ToolkitError
-from .runtime.errors import RuntimeInputError
-from .runtime.tokenizer import CONTEXT_LENGTH, MAX_PROMPT_TOKENS, BpeTokenizer
+from ..errors import ToolkitError
+from ..runtime.errors import RuntimeInputError
+from ..runtime.tokenizer import CONTEXT_LENGTH, MAX_PROMPT_TOKENS, BpeTokenizer
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 __all__ = ["CONTEXT_LENGTH", "MAX_PROMPT_TOKENS", "VOCAB_FILE", "Tokenizer", "check_prompt_text", "clean_text"]

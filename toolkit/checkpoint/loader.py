@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ToolkitError
 from . import layout
-from .errors import ToolkitError
 
 SUPPORTED = f"supported: {layout.MODEL_NAME} ({layout.CHECKPOINT_NAME})"
 _MAX_NAMED = 5

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .model.chain import ground
-from .model.detector import Detector
-from .model.tracker import TrackerModules, memory_mask_probability
+from ..model.chain import ground
+from ..model.detector import Detector
+from ..model.tracker import TrackerModules, memory_mask_probability
 from .spec import DIMS, Dim, TensorSpec, linear_form
 
 GRID = 72  # 1008 / 14: the image token grid of both the detector and the tracker
@@ -638,8 +638,8 @@ def golden_feeds(graphs: Mapping[str, nn.Module], wanted: Iterable[str] | None =
 
 
 def _golden_detector_walk(run: _Chain) -> None:
-    from .golden import golden_path, stage_tensor
-    from .preprocess import load_rgb, preprocess_image
+    from ..pipeline.preprocess import load_rgb, preprocess_image
+    from ..verify.golden import golden_path, stage_tensor
 
     image = run("vision_encoder", image=preprocess_image(load_rgb(golden_path("inputs", "coffee.png"))).numpy())
     text = run("text_encoder", token_ids=stage_tensor("txt_person__04_tokenizer", "ids"))
@@ -647,8 +647,8 @@ def _golden_detector_walk(run: _Chain) -> None:
 
 
 def _golden_tracker_walk(run: _Chain) -> None:
-    from .golden import golden_path
-    from .preprocess import load_rgb, preprocess_frame
+    from ..pipeline.preprocess import load_rgb, preprocess_frame
+    from ..verify.golden import golden_path
 
     frame = run("vision_encoder", image=preprocess_frame(
         load_rgb(golden_path("inputs", "tracker_frames", "0.png"))).numpy())

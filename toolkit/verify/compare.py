@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor, nn
 
-from .components import COMPONENTS, Component, Models, build_graph, golden_feeds, load_models
-from .convert.reparam import reparameterize
+from ..components.registry import COMPONENTS, Component, Models, build_graph, golden_feeds, load_models
+from ..convert.reparam import reparameterize
+from ..runners import Runner
+from ..runners.torch_runner import TorchRunner
 from .golden import golden_available, golden_dir
-from .runners import Runner
-from .runners.torch_runner import TorchRunner
 
 Feeds = dict[str, np.ndarray]
 

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from .backends import BACKENDS
-from .bundle import Bundle, BundleError, open_bundle, unpacked
-from .bundle_runtime import artifact_runner
-from .components import COMPONENTS, Component, Tolerance
-from .convert import cache
-from .errors import ToolkitError
-from .spec import linear_form
-from .verify import Reference, compare, run_cases
+from ..backends import BACKENDS
+from ..components.registry import COMPONENTS, Component, Tolerance
+from ..components.spec import linear_form
+from ..convert import cache
+from ..deploy.bundle import Bundle, BundleError, open_bundle, unpacked
+from ..errors import ToolkitError
+from ..pipeline.artifacts import artifact_runner
+from .compare import Reference, compare, run_cases
 
 FP16_TOLERANCE = Tolerance(atol=1e-3, rtol=2e-2, mask_iou=0.95, outliers=0.01)
 
@@ -111,7 +111,7 @@ def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progres
     if checkpoint_path is None and not model["embedded_default"]:
         raise ToolkitError(f"bundle {bundle.root} was built from {model['weights']!r}; parity needs that checkpoint: "
                            "pass --checkpoint (or --no-parity)")
-    from .checkpoint import resolve_weights
+    from ..checkpoint.loader import resolve_weights
     if checkpoint_path is None:
         progress("generating the embedded default weights (the bundle was built from them)")
     state = resolve_weights(checkpoint_path).state
@@ -128,9 +128,9 @@ def _is_quantized(entry: dict) -> bool:
 
 def _calibration_for(manifest: dict, names: list[str], graphs, directory, progress):
     """The build's calibration set and settings again (the digest must match), or (None, why)."""
-    from .quantize import CalibrationSet
-    from .quantize.gate import QuantSettings
-    from .quantize.session import Calibration
+    from ..quantize import CalibrationSet
+    from ..quantize.gate import QuantSettings
+    from ..quantize.session import Calibration
     section = manifest["quantization"] or {}
     settings_table = dict(section.get("settings") or {})
     settings_table["gate"] = {k: v for k, v in (settings_table.get("gate") or {}).items() if v is not None}
@@ -153,7 +153,7 @@ def _calibration_for(manifest: dict, names: list[str], graphs, directory, progre
 def verify_quantized(comp: Component, entry: dict, path: Path, reference: Reference, calibration) -> dict:
     """A quantized artifact against the manifest's recorded gate: its alone figures measured again on the
     evaluation part (the same metrics as the build's); the end-to-end figures are the build's, said so."""
-    from .quantize.gate import Gate
+    from ..quantize.gate import Gate
     fmt = entry["format"]
     reason = BACKENDS[fmt].unavailable()
     if reason:
@@ -253,7 +253,7 @@ def write_report(report: VerifyReport, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        from .machine import cpu
+        from ..machine import cpu
         document = {**report.to_json(), "cpu": cpu()}  # parity figures depend on the CPU they ran on
         tmp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)

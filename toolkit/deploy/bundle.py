@@ -35,10 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .backends import BACKENDS
-from .errors import ToolkitError
-from .runtime import manifest as manifest_files
-from .runtime.manifest import (  # noqa: F401 - MANIFEST, SCHEMA_ID, the schema's: imported from here too
+from ..backends import BACKENDS
+from ..errors import ToolkitError
+from ..runtime import manifest as manifest_files
+from ..runtime.manifest import (  # noqa: F401 - MANIFEST, SCHEMA_ID, the schema's: imported from here too
     MANIFEST,
     SCHEMA_ID,
     file_sha256,
@@ -65,8 +65,8 @@ def check_declarations(manifest: dict, where: str) -> None:
     artifact's recorded ranges: a narrowed range would silently drop cases. Every artifact takes
     the declared ranges, except Core ML, which starts a range at 1 instead of 0 (no zero-size
     tensors) - the only narrowing a build makes. Raises BundleError naming the first difference."""
-    from .components import COMPONENTS
-    from .spec import DIMS
+    from ..components.registry import COMPONENTS
+    from ..components.spec import DIMS
 
     errors = []
     for name, dim in DIMS.items():

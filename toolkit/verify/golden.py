@@ -23,7 +23,7 @@ BOX_PX_ATOL = 1e-2  # post-processed pixel boxes: absolute
 
 def golden_dir() -> Path:
     env = os.environ.get("TOOLKIT_GOLDEN")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "golden"
 
 
 def golden_path(*parts: str) -> Path:
@@ -130,7 +130,7 @@ def explain_flips(stage: str, dumped: Mapping[str, object], results: list[dict])
     import torch
     import torch.nn.functional as F
 
-    from .model.tracker.memory_encoder import MemoryEncoder
+    from ..model.tracker.memory_encoder import MemoryEncoder
 
     source_stage, source_name = BINARISED_MASK_SOURCE[stage]
     ours = _as_numpy(dumped[BINARISED_INPUT]).astype(np.float32)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from toolkit.errors import ToolkitError
-from toolkit.images import load_rgb  # noqa: F401 - the one image loader, re-exported here
+from toolkit.files.images import load_rgb  # noqa: F401 - the one image loader, re-exported here
 
 IMAGE_SIZE = 1008
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ToolkitError
+from ..files.outputs import writing_to
 from . import layout
-from .errors import ToolkitError
-from .outputs import writing_to
 
 LABEL = "deterministic synthetic weights (golden fixture fill rule), NOT the trained EfficientSAM3 weights"
 

@@ -57,14 +57,14 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
-from .backends import BACKENDS
-from .backends.coreml import COMPRESSIONS
-from .components import COMPONENTS, IMAGE_SIZE
-from .errors import ToolkitError
-from .quantize.gate import QuantSettings
+from ..backends import BACKENDS
+from ..backends.coreml import COMPRESSIONS
+from ..components.registry import COMPONENTS, IMAGE_SIZE
+from ..errors import ToolkitError
+from ..quantize.gate import QuantSettings
 
 SCHEMA = 1
-PROJECT_TARGETS = Path(__file__).resolve().parents[1] / "targets"
+PROJECT_TARGETS = Path(__file__).resolve().parents[2] / "targets"
 
 # What each format is, the precisions it produces and its settings table: its backend's (toolkit/backends).
 FORMATS = {name: b.description for name, b in BACKENDS.items()}

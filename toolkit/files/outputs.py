@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ToolkitError
+from ..errors import ToolkitError
 
 # Write errors that are about the destination whatever file they name.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

@@ -9,7 +9,7 @@ The job, reported step by step through `progress`:
    copy (onnx, ptl), ONNX Runtime Mobile conversion (ort), TensorRT-ready ONNX with the operator
    check (tensorrt), Core ML conversion with the spec check (coreml); every artifact that is not a
    verified export's exact copy is checked against the PyTorch model where its runtime exists here
-   (`verify_bundle.verify_artifact`); Core ML parity (macOS) and the TensorRT engines (built on the
+   (`toolkit.verify.bundle.verify_artifact`); Core ML parity (macOS) and the TensorRT engines (built on the
    device) are recorded as pending, with the command that does them. A stage that fails moves the
    component to the target's fallback format with the reason in the manifest; without a fallback
    the build fails;
@@ -34,21 +34,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import __version__, layout
-from .backends import BACKENDS
+from .. import __version__
+from ..backends import BACKENDS
+from ..checkpoint import layout
+from ..components.registry import COMPONENTS
+from ..components.spec import DIMS
+from ..errors import ToolkitError
+from ..files.outputs import fresh_output_dir
+from ..machine import cpu
+from ..pipeline import memory_bank
+from ..pipeline.preprocess import IMAGE_SIZE
+from ..pipeline.tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
+from ..runtime.video import MAX_PROMPT_POINTS, NO_OBJECT_SCORE, STABILITY_DELTA, STABILITY_THRESH
+from ..verify.bundle import verify_artifact, weights_digest
+from ..verify.compare import Reference
 from .bundle import SCHEMA_ID, create_archive, file_entries, write_manifest
-from .components import COMPONENTS
-from .errors import ToolkitError
-from .machine import cpu
-from .outputs import fresh_output_dir
-from .pipeline import memory_bank
-from .preprocess import IMAGE_SIZE
-from .runtime.video import MAX_PROMPT_POINTS, NO_OBJECT_SCORE, STABILITY_DELTA, STABILITY_THRESH
-from .spec import DIMS
 from .targets import ComponentPlan, Target
-from .tokenizer import CONTEXT_LENGTH, VOCAB_FILE, Tokenizer
-from .verify import Reference
-from .verify_bundle import verify_artifact, weights_digest
 
 _TOOLS = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "coremltools", "numpy")
 
@@ -181,7 +182,7 @@ class _Job:
         if self._calibration is None:
             import tempfile
 
-            from .quantize.session import Calibration
+            from ..quantize.session import Calibration
             quantized = [n for n, p in self.final_plans.items()
                          if p.precision not in ("fp32", BACKENDS[p.format].precisions[0])]
             work = tempfile.mkdtemp(prefix=".calibration-", dir=self.cache_dir)
@@ -203,9 +204,9 @@ class _Job:
         """A quantized artifact's verification: the gate's alone figures measured again on this very file
         (the .ort conversion or the TensorRT-ready graph may differ from what the ladder measured), the
         end-to-end figures of the quantize stage; passed or failed by the gate."""
-        from .bundle_runtime import artifact_runner
+        from ..pipeline.artifacts import artifact_runner
         self.progress(f"{name} [{entry['format']} {entry['precision']}]: measuring against the accuracy gate")
-        from .convert.cache import file_sha256
+        from ..convert.cache import file_sha256
         record = self.quantization[name]
         path = self.root / entry["file"]
         if record.get("alone") and file_sha256(path) == file_sha256(self.quantized_sources[name]):
@@ -271,7 +272,7 @@ def _tokenizer(root: Path) -> dict:
 
 def _engines(job: _Job, tensorrt_plans: list[ComponentPlan]) -> dict:
     """engines/build_engines.sh, and the engines themselves where TensorRT is importable here."""
-    from .convert.tensorrt import build_engine, engine_script, profiles, tensorrt_status
+    from ..convert.tensorrt import build_engine, engine_script, profiles, tensorrt_status
     settings = job.target.settings["tensorrt"]
     jobs = []
     for plan in tensorrt_plans:

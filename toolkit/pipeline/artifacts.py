@@ -10,7 +10,7 @@ kind, the calibration feeds of quantization, the export tests against the golden
 the boundary where the artifact's tensor types differ from the declaration (`ArtifactRunner`).
 
 - `RunnerDetector` provides `encode_image`, `encode_text`, `forward_grounding` for
-  `ImageSegmenter` (the detector chain is `toolkit.components.ground`);
+  `ImageSegmenter` (the detector chain is `toolkit.components.registry.ground`);
 - `RunnerTracker` is a `VideoTracker` whose frame encoding and memory-attention inputs come from
   the runners, with `RunnerTrackerModules` in place of `TrackerModules` (both satisfy
   `toolkit.pipeline.stages.TrackerStages`): the SAM heads and the decoder's mask choice are the
@@ -34,20 +34,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backends import BACKENDS
-from .bundle import BundleError
-from .components import ground
-from .errors import ToolkitError
-from .model.detector import Recorder
-from .model.position import PositionEmbeddingSine
-from .model.tracker.mask_decoder import select_outputs
-from .model.tracker.memory_encoder import MEM_DIM
-from .model.tracker.tracker import decode_sam_heads
-from .pipeline.memory_bank import MemoryBank, MemoryPlan
-from .pipeline.video import FrameFeatures, Memory, VideoTracker
+from ..backends import BACKENDS
+from ..components.registry import ground
+from ..deploy.bundle import BundleError
+from ..errors import ToolkitError
+from ..model.detector import Recorder
+from ..model.position import PositionEmbeddingSine
+from ..model.tracker.mask_decoder import select_outputs
+from ..model.tracker.memory_encoder import MEM_DIM
+from ..model.tracker.tracker import decode_sam_heads
+from ..runners import Runner
+from ..runtime.video import memory_inputs
+from .memory_bank import MemoryBank, MemoryPlan
 from .preprocess import preprocess_frame
-from .runners import Runner
-from .runtime.video import memory_inputs
+from .video import FrameFeatures, Memory, VideoTracker
 
 DETECTOR_COMPONENTS = ("vision_encoder", "text_encoder", "geometry_encoder", "fusion_encoder", "fusion_decoder",
                        "scoring", "segmentation_head")

@@ -61,7 +61,7 @@ def _count(shapes: Mapping[str, tuple[int, ...]], pred) -> tuple[int, int]:
 
 def toolkit_export(keys: set[str]) -> str:
     """Which exported components (ONNX + .ptl, each verified) read these entries, or why none does."""
-    from .components import COMPONENT_LIST, UNUSED
+    from ..components.registry import COMPONENT_LIST, UNUSED
     live = [k for k in keys if not layout.is_dead_trunk_key(k)]
     ours = [c.name for c in COMPONENT_LIST if any(k.startswith(c.prefixes) for k in live)]
     if ours:
