@@ -1,5 +1,5 @@
 /**
- * Detector post-processing and the mask resize, as the Python runtime's (toolkit/postprocess.py), in
+ * Detector post-processing and the mask resize, as the Python runtime's (toolkit/pipeline/postprocess.py), in
  * float32 arithmetic step by step (Math.fround): scores, boxes in pixels, masks at the image's size.
  */
 import { F32 } from "./tensor.js";
