@@ -134,6 +134,12 @@ class _Rungs(ABC):
     def _make(self, precision: str) -> dict:
         """Make and measure `precision`'s rung: its record (key, stage, alone, path)."""
 
+    def _cache_entry(self, precision: str, filename: str) -> tuple[str, Path]:
+        """The cache key of `precision`'s rung and its file in the build's quantized cache."""
+        folder = self.job.cache_dir / "quantized"
+        folder.mkdir(exist_ok=True)
+        return _key(self.job, self.comp.name, precision, self.flavour), folder / filename
+
     @abstractmethod
     def _open(self, precision: str, made: dict):
         """A runner of a made rung, as the gate measures it."""
@@ -147,10 +153,7 @@ class _FileRungs(_Rungs):
     def _make(self, precision: str) -> dict:
         from ..convert import cache
         job, name = self.job, self.comp.name
-        key = _key(job, name, precision, self.flavour)
-        folder = job.cache_dir / "quantized"
-        folder.mkdir(exist_ok=True)
-        dst = folder / f"{name}.{precision}.{self.flavour}{self.suffix}"
+        key, dst = self._cache_entry(precision, f"{name}.{precision}.{self.flavour}{self.suffix}")
         found = cache.lookup(dst, key)
         if found.hit:
             job.progress(f"{name}: {precision} ({self.flavour}) from the cache")
@@ -252,10 +255,7 @@ class _CoreMLRungs(_Rungs):
     def _make(self, precision: str) -> dict:
         from ..runners.torch_runner import TorchRunner
         job, name = self.job, self.comp.name
-        key = _key(job, name, precision, self.flavour)
-        folder = job.cache_dir / "quantized"
-        folder.mkdir(exist_ok=True)
-        memo = folder / f"{name}.{precision}.coreml-simulation.json"
+        key, memo = self._cache_entry(precision, f"{name}.{precision}.coreml-simulation.json")
         try:
             record = json.loads(memo.read_text())
         except (OSError, ValueError):

@@ -56,17 +56,17 @@ def op_type_rows(bundle, name: str, checkpoint_path, calibration_dir, cache_dir,
     from ..components.registry import COMPONENTS
     from ..deploy.build import default_cache_dir
     from ..deploy.export import run_export
-    from ..verify.bundle import _calibration_for, _reference_state, weights_digest
+    from ..verify.bundle import calibration_for, reference_state, weights_digest
     from ..verify.compare import Reference
     from .report import op_type_sensitivity
-    state = _reference_state(bundle, checkpoint_path, progress)
+    state = reference_state(bundle, checkpoint_path, progress)
     cache = Path(cache_dir) if cache_dir else default_cache_dir(weights_digest(state))
     reference = Reference(state, None, progress, [name])
     report = run_export(cache, state, bundle.manifest["model"]["weights"], [name], ["onnx"], progress=progress,
                         reference=reference)
     if not report.ok:
         raise ToolkitError(f"{name}: the fp32 export failed: {report.failures[0].splitlines()[0]}")
-    calibration, why = _calibration_for(bundle.manifest, [name], reference.graphs, calibration_dir, progress)
+    calibration, why = calibration_for(bundle.manifest, [name], reference.graphs, calibration_dir, progress)
     if calibration is None:
         raise ToolkitError(f"{name}: {why}")
     try:

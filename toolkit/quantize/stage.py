@@ -2,6 +2,7 @@
 precision for a graph (the ladder records the message as the reason to step down)."""
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import signal
 import traceback
@@ -59,6 +60,7 @@ def isolated(fn: Callable, *args, **kwargs):
 
     def child():
         receive.close()
+        faulthandler.disable()  # a crash is the parent's one-line reason; an inherited dump would interleave
         try:
             send.send(("ok", fn(*args, **kwargs)))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as one line

@@ -106,7 +106,8 @@ class VerifyReport:
                 "ok": self.ok, "failures": self.failures, "rows": self.rows, "notes": self.notes}
 
 
-def _reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progress) -> dict[str, Tensor]:
+def reference_state(bundle: Bundle, checkpoint_path: str | Path | None, progress) -> dict[str, Tensor]:
+    """The weights the bundle was built from (its manifest's digest must match): parity's reference."""
     model = bundle.manifest["model"]
     if checkpoint_path is None and not model["embedded_default"]:
         raise ToolkitError(f"bundle {bundle.root} was built from {model['weights']!r}; parity needs that checkpoint: "
@@ -126,7 +127,7 @@ def _is_quantized(entry: dict) -> bool:
     return bool(q) and entry["precision"] == q["chosen"] and "alone" in q
 
 
-def _calibration_for(manifest: dict, names: list[str], graphs, directory, progress):
+def calibration_for(manifest: dict, names: list[str], graphs, directory, progress):
     """The build's calibration set and settings again (the digest must match), or (None, why)."""
     from ..quantize import CalibrationSet
     from ..quantize.gate import QuantSettings
@@ -203,11 +204,11 @@ def verify_bundle(path: str | Path, checkpoint_path: str | Path | None = None, p
             report.notes.append(f"{len(on_device)} on-device file(s) not covered by checksums: {', '.join(on_device)}")
         reference = None
         if parity and any(BACKENDS[entries[n]["format"]].unavailable() is None for n in names):
-            reference = Reference(_reference_state(bundle, checkpoint_path, progress), golden, progress, names)
+            reference = Reference(reference_state(bundle, checkpoint_path, progress), golden, progress, names)
         quantized = [n for n in names if _is_quantized(entries[n])]
         cal, no_cal = (None, None)
         if reference is not None and quantized:
-            cal, no_cal = _calibration_for(manifest, quantized, reference.graphs, calibration, progress)
+            cal, no_cal = calibration_for(manifest, quantized, reference.graphs, calibration, progress)
         for name in names:
             entry = entries[name]
             row = {"component": name, "format": entry["format"], "precision": entry["precision"],
