@@ -27,7 +27,6 @@ from toolkit.deploy.export import FORMATS, REPORT_NAME, run_export
 from toolkit.model.tracker import TrackerModules
 from toolkit.runners.ort_runner import OrtRunner
 from toolkit.runners.ptl_runner import PtlRunner
-from toolkit.runners.torch_runner import TorchRunner
 from toolkit.verify.compare import cases, compare, run_cases
 
 ISSUE_COMPONENTS = {
@@ -180,7 +179,7 @@ def test_geometry_encoder_without_boxes_and_with_many(exported, state, boxes):
     comp = COMPONENTS["geometry_encoder"]
     feeds = comp.example({"boxes": boxes}, seed=7)
     graph = build_graph(load_models(state), comp)
-    want = TorchRunner(graph, comp.input_names, comp.output_names).infer(feeds)
+    want = comp.torch_runner(graph).infer(feeds)
     for runner in (OrtRunner(out / "geometry_encoder.onnx"), PtlRunner(out / "geometry_encoder.ptl")):
         got = runner.infer(feeds)
         assert got["geometry_tokens"].shape == (boxes + 1, 1, 256)
@@ -300,7 +299,7 @@ def test_both_onnx_exporters_keep_the_dynamic_axes(light_models, tmp_path, expor
     info = export_onnx(graph, args, comp.input_names, comp.output_names, comp.dynamic_axes(), DIMS,
                        tmp_path / "p.onnx", exporter, 18)
     assert info.opset == 18 and info.exporter == exporter
-    runner, reference = OrtRunner(tmp_path / "p.onnx"), TorchRunner(graph, comp.input_names, comp.output_names)
+    runner, reference = OrtRunner(tmp_path / "p.onnx"), comp.torch_runner(graph)
     for objects in (1, 8):
         feeds = comp.example({"objects": objects})
         np.testing.assert_allclose(runner.infer(feeds)["object_pointer"], reference.infer(feeds)["object_pointer"],
@@ -315,6 +314,6 @@ def test_unknown_component_is_a_clear_error(tmp_path, capsys):
 def test_runner_outputs_follow_the_declared_names(light_models):
     comp = COMPONENTS["object_pointer"]
     graph = build_graph(light_models, comp)
-    runner = TorchRunner(graph, comp.input_names, comp.output_names)
+    runner = comp.torch_runner(graph)
     outputs = run_cases(runner, {"typical": comp.example()})["typical"]
     assert list(outputs) == comp.output_names and outputs["object_pointer"].shape == (2, 256)

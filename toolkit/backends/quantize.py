@@ -253,7 +253,6 @@ class _CoreMLRungs(_Rungs):
         return self.simulations[precision]
 
     def _make(self, precision: str) -> dict:
-        from ..runners.torch_runner import TorchRunner
         job, name = self.job, self.comp.name
         key, memo = self._cache_entry(precision, f"{name}.{precision}.coreml-simulation.json")
         try:
@@ -264,7 +263,7 @@ class _CoreMLRungs(_Rungs):
             job.progress(f"{name}: {precision} (coreml) gate figures from the cache")
             return {**record, "path": None}
         simulation = self.simulation(precision)
-        runner = TorchRunner(simulation.module, self.comp.input_names, self.comp.output_names)
+        runner = self.comp.torch_runner(simulation.module)
         alone = job.calibration.alone(name, job.torch_runner(name), runner, self.comp.masks)
         alone["measured_on"] = ("the PyTorch simulation of the Core ML precision (Core ML prediction needs macOS; "
                                 "the package's own parity is pending a macOS run)")
@@ -278,8 +277,7 @@ class _CoreMLRungs(_Rungs):
         return {**record, "path": None}
 
     def _open(self, precision: str, made: dict):
-        from ..runners.torch_runner import TorchRunner
-        return TorchRunner(self.simulation(precision).module, self.comp.input_names, self.comp.output_names)
+        return self.comp.torch_runner(self.simulation(precision).module)
 
 
 RUNGS = {"onnx": _OnnxRungs, "ort": _OnnxRungs, "tensorrt": _OnnxRungs, "ptl": _PtlRungs, "coreml": _CoreMLRungs}

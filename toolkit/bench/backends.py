@@ -120,8 +120,7 @@ class RunnerKind:
 
     def build(self, comp: Component, sources: Sources):
         if self.backend is None:
-            from ..runners.torch_runner import TorchRunner
-            return TorchRunner(sources.graph(comp.name), comp.input_names, comp.output_names)
+            return comp.torch_runner(sources.graph(comp.name))
         runner = self.backend.runner(sources.artifact(comp.name, self.suffix), threads=sources.threads,
                                      providers=list(self.providers) or None)
         used = runner.session.get_providers() if self.providers else []

@@ -112,6 +112,12 @@ class Component:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]
 
+    def torch_runner(self, graph: nn.Module):
+        """`graph` (this component's PyTorch graph) as a runner fed and read by the declared names: the
+        fp32 reference that artifacts, gates, calibration and bench compare with."""
+        from ..runners.torch_runner import TorchRunner
+        return TorchRunner(graph, self.input_names, self.output_names)
+
     def dims(self) -> list[Dim]:
         """The dynamic dimensions of the inputs, in first-use order."""
         names = dict.fromkeys(name for spec in self.inputs for name in spec.dims())

@@ -125,8 +125,7 @@ def recording(runners: Mapping[str, Runner], hook: Hook | None) -> dict[str, Run
 def torch_runners(graphs: Mapping, names) -> dict[str, Runner]:
     """fp32 PyTorch runners over the component graphs (`toolkit.verify.compare.Reference(...).graphs`)."""
     from ..components.registry import COMPONENTS
-    from ..runners.torch_runner import TorchRunner
-    return {n: TorchRunner(graphs[n], COMPONENTS[n].input_names, COMPONENTS[n].output_names) for n in names}
+    return {n: COMPONENTS[n].torch_runner(graphs[n]) for n in names}
 
 
 # --- the pipelines over a calibration part ---------------------------------------------------------

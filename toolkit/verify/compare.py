@@ -203,8 +203,7 @@ class Reference:
 
     def runner(self, name: str) -> TorchRunner:
         """The fp32 PyTorch reference of a component as a runner (what artifacts and gates compare with)."""
-        comp = COMPONENTS[name]
-        return TorchRunner(self.graphs[name], comp.input_names, comp.output_names)
+        return COMPONENTS[name].torch_runner(self.graphs[name])
 
     def forget(self, comp: Component) -> None:
         """Drop a component's cases and reference outputs (the big ones are ~100 MB per case)."""
