@@ -344,25 +344,21 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
     passed = choose_precision("convnet", "ort", "int8", attempt, reachable)
     assert passed.chosen == "int8" and passed.steps == [] and passed.artifact.precision == "int8"
 
-    # a quantizer that cannot make a precision is a reason to step down too (conv-only graph)
-    class ConvOnly(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-
+    # a quantizer that cannot make a precision is a reason to step down too (a graph without weights)
+    class NoWeights(nn.Module):
         def forward(self, x):
-            return self.conv(x)
-    path = tmp_path / "conv.onnx"
+            return torch.relu(x) * 2.0
+    path = tmp_path / "plain.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ConvOnly().eval(), (torch.randn(1, 3, 8, 8),), str(path), input_names=["x"],
+        torch.onnx.export(NoWeights().eval(), (torch.randn(1, 3, 8, 8),), str(path), input_names=["x"],
                           output_names=["y"], dynamo=False, opset_version=17)
 
     def weights_only(precision):
         result = quantize_onnx(path, tmp_path / f"c-{precision}.onnx", precision)
         return result, {"sqnr_db": 300.0}
-    down = choose_precision("conv", "ort", "int8-weights", weights_only, reachable)
-    assert down.chosen == "fp32" and "no MatMul/Gemm with constant weights" in down.steps[0]
+    down = choose_precision("plain", "ort", "int8-weights", weights_only, reachable)
+    assert down.chosen == "fp32" and "with constant weights: weight-only int8 would change nothing" in down.steps[0]
 
 
 def test_settle_end_to_end_steps_the_most_sensitive_component():
@@ -500,6 +496,47 @@ def test_ort_weight_only_int8_and_int4_and_fp16(mlp_onnx, tmp_path):
     assert _measure(mlp_onnx, half.path, evaluation)["figures"]["sqnr_db"] > 50
     session = ort.InferenceSession(str(half.path))
     assert session.get_inputs()[0].type == "tensor(float)"  # fp32 I/O kept
+
+
+class ConvOnly(nn.Module):
+    """Convolutions only (the vision encoder's and tracker neck's kinds): plain, depthwise, transposed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 128, 3, padding=1)
+        self.depthwise = nn.Conv2d(128, 128, 3, padding=1, groups=128)
+        self.up = nn.ConvTranspose2d(128, 64, 2, stride=2)
+
+    def forward(self, x):
+        return (self.up(torch.relu(self.depthwise(torch.relu(self.conv(x))))),)
+
+
+def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(tmp_path):
+    from toolkit.convert.ort_mobile import convert_to_ort
+    torch.manual_seed(2)
+    src = tmp_path / "convs.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ConvOnly().eval(), (torch.randn(1, 3, 16, 16),), str(src), input_names=["x"],
+                          output_names=["y"], dynamo=False, opset_version=17)
+    result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")  # no MatMul: convolutions only
+    model = onnx.load(str(result.path))
+    inits = {i.name: i for i in model.graph.initializer}
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert result.settings["conv_weights_int8"] == 3 and len(dequantize) == 3
+    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dequantize)
+    scales = sorted(tuple(inits[n.input[1]].dims) for n in dequantize)
+    assert scales == [(64,), (128,), (128,)]  # per output channel; ConvTranspose's is its axis 1
+    assert not any(n.op_type in ("ConvInteger", "QLinearConv") for n in model.graph.node)  # float compute
+    assert result.size_bytes < 0.4 * result.source_bytes
+    evaluation = _feeds((1, 3, 16, 16), 3, 4)
+    assert _measure(src, result.path, evaluation)["figures"]["sqnr_db"] > 35
+    # ONNX Runtime's converter keeps the DequantizeLinear (it does not fold the weights back to float)
+    converted = convert_to_ort({"q": result.path, "f": src}, tmp_path / "ort")
+    assert converted.files["q"].stat().st_size < 0.4 * converted.files["f"].stat().st_size
+    assert "DequantizeLinear" in converted.config.read_text()
+    assert tensor_figures(OrtRunner(src).infer(evaluation[0])["y"],
+                          OrtRunner(converted.files["q"]).infer(evaluation[0])["y"])["sqnr_db"] > 35
 
 
 def test_ort_mobile_conversion_of_a_quantized_graph(convnet_onnx, mlp_onnx, tmp_path):

@@ -19,7 +19,9 @@ float16 converter in onnxruntime.transformers).
 - **int8-weights**: `quantize_dynamic`: int8 weights of MatMul / Gemm, activations quantized at run
   time (what wins for the 63M-parameter text encoder), and int8 embedding tables (a Gather of a
   constant table dequantizes the rows it picks: the text encoder's 49408 x 512 token table is
-  96.5 of its 241 MiB). A graph without MatMul / Gemm weights is refused (nothing would be
+  96.5 of its 241 MiB); Conv / ConvTranspose weights become int8 behind a DequantizeLinear, computed
+  in float (`_conv_weights_int8`: a quarter of the file, ONNX Runtime keeps the DequantizeLinear
+  rather than folding it back to float). A graph without such weights is refused (nothing would be
   quantized).
 - **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
   constant 2-D weight becomes com.microsoft MatMulNBits.
@@ -54,6 +56,7 @@ from .stage import QuantizeError, StageResult, isolated, size_of
 FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
 TENSORRT_OP_TYPES = OPERATOR_SETS["weighted"]
 WEIGHT_OP_TYPES = ("MatMul", "Gemm")
+CONV_OP_TYPES = ("Conv", "ConvTranspose")  # int8-weights stores their weights int8, computes in float
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
 
 
@@ -335,17 +338,77 @@ def _weight_nodes(path: Path, op_types: Iterable[str]) -> int:
 def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     op_types = [t for t in WEIGHT_OP_TYPES if t not in settings.keep_float]
+    conv_types = [t for t in CONV_OP_TYPES if t not in settings.keep_float]
+    granularity = "per channel" if settings.per_channel else "per tensor"
     with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
-        if not _weight_nodes(pre, op_types):
-            raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: weight-only int8 would change "
-                                "nothing")
-        op_types += [t for t in TABLE_OP_TYPES if t not in settings.keep_float]
-        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings.per_channel,
-                         op_types_to_quantize=op_types, nodes_to_exclude=_excluded(pre, settings.keep_float) or None)
-    return (f"dynamic int8 (weights int8 {'per channel' if settings.per_channel else 'per tensor'}, activations "
-            "quantized at run time) on " + "/".join(op_types),
-            {"weight_type": "int8", "per_channel": settings.per_channel, "op_types_to_quantize": op_types})
+        matmuls, convs = _weight_nodes(pre, op_types), _weight_nodes(pre, conv_types)
+        if not matmuls and not convs:
+            raise QuantizeError(f"no {'/'.join(op_types + conv_types)} with constant weights: weight-only int8 "
+                                "would change nothing")
+        parts, used = [], {"weight_type": "int8", "per_channel": settings.per_channel}
+        if matmuls:
+            op_types += [t for t in TABLE_OP_TYPES if t not in settings.keep_float]
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=settings.per_channel,
+                             op_types_to_quantize=op_types,
+                             nodes_to_exclude=_excluded(pre, settings.keep_float) or None)
+            parts.append(f"dynamic int8 on {'/'.join(op_types)} (activations quantized at run time)")
+            used["op_types_to_quantize"] = op_types
+        if convs:
+            count = _conv_weights_int8(dst if matmuls else pre, dst, conv_types, settings.per_channel)
+            parts.append(f"{count} {'/'.join(conv_types)} weights int8 behind DequantizeLinear (float compute)")
+            used["conv_weights_int8"] = count
+    return f"int8 weights {granularity}: " + "; ".join(parts), used
+
+
+def _conv_weights_int8(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool) -> int:
+    """Conv / ConvTranspose constant weights stored as symmetric int8 with a DequantizeLinear in front:
+    weight-only quantization with float compute. Written here because onnxruntime's quantizers have no
+    weight-only path for convolutions (quantize_dynamic turns a Conv into ConvInteger, which quantizes
+    the activations too; MatMulNBits is MatMul only). Scales per output channel (Conv axis 0,
+    ConvTranspose axis 1; per tensor for a grouped ConvTranspose, whose axis 1 is not the output
+    channel). Returns how many weights were quantized."""
+    model = onnx.load(str(src))
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
+        raise QuantizeError("per-channel DequantizeLinear needs opset 13 or later")
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    kinds = set(op_types)
+    dequantize, done = [], set()
+    for node in graph.node:
+        weight = node.input[1] if node.op_type in kinds and len(node.input) > 1 else None
+        if weight not in inits or not users[weight] <= kinds or weight in done:
+            continue  # not a constant, shared with another kind of operator, or already done
+        done.add(weight)
+        array = onnx.numpy_helper.to_array(inits[weight]).astype(np.float32)
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        axis = None if not per_channel or (node.op_type == "ConvTranspose" and group != 1) else \
+            (1 if node.op_type == "ConvTranspose" else 0)
+        if axis is None:
+            scale = np.array(np.abs(array).max() / 127, dtype=np.float32)
+            shaped = scale
+        else:
+            scale = (np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).max(1) / 127).astype(np.float32)
+            shaped = scale.reshape([-1 if d == axis else 1 for d in range(array.ndim)])
+        scale[scale == 0] = 1.0  # an all-zero channel: any scale represents it exactly
+        quantized = np.clip(np.rint(array / shaped), -127, 127).astype(np.int8)
+        graph.initializer.remove(inits[weight])
+        graph.initializer.extend([onnx.numpy_helper.from_array(quantized, f"{weight}_int8"),
+                                  onnx.numpy_helper.from_array(scale, f"{weight}_scale"),
+                                  onnx.numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{weight}_zero")])
+        attrs = {} if axis is None else {"axis": axis}
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{weight}_int8", f"{weight}_scale",
+                                                                     f"{weight}_zero"], [weight],
+                                                name=f"{weight}_dequantize", **attrs))
+    nodes = dequantize + list(graph.node)  # constants first: the graph stays topologically sorted
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return len(dequantize)
 
 
 def _nbits(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
