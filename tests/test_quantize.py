@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -729,6 +730,21 @@ def test_a_quantizer_crash_is_a_reason_to_step_down_not_the_end_of_the_build():
     with pytest.raises(QuantizeError, match="ValueError: no way"):
         isolated(_refuse, "no   way")
     assert isolated(sorted, [3, 1, 2]) == [1, 2, 3]
+
+
+def _reserve(nbytes):
+    return np.empty(nbytes, dtype=np.uint8).nbytes  # address space only: no page is touched
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="the ceiling reads Linux's /proc/meminfo")
+def test_a_quantizer_child_that_would_exhaust_memory_fails_inside_itself():
+    from toolkit.quantize.stage import _available_bytes, isolated
+    available = _available_bytes()
+    # without the ceiling the kernel grants this untouched reservation (overcommit); with it, the child
+    # cannot map more than 80 % of what was available, and says so instead of meeting the OOM killer
+    with pytest.raises(QuantizeError, match="out of memory: needed more than 80% of the memory available"):
+        isolated(_reserve, available)
+    assert isolated(_reserve, 64 << 20) == 64 << 20
 
 
 def test_a_quantized_graph_is_run_on_the_evaluation_feeds_in_the_quantizer_process(convnet_onnx, tmp_path):

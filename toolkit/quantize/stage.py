@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import faulthandler
 import multiprocessing
+import os
+import resource
 import signal
 import traceback
 from collections.abc import Callable
@@ -48,22 +50,55 @@ def size_of(path: Path) -> int:
     return path.stat().st_size
 
 
+# The share of the memory available at fork time a quantizer child may add to its address space.
+# Beyond it an allocation fails inside the child (MemoryError, or onnxruntime's allocation error)
+# instead of waking the kernel's OOM killer, which may pick any process on the machine: the full-size
+# fusion encoder's static calibration asked onnxruntime for every intermediate tensor of a sample at
+# once (its 5,184 x 5,184 attention maps) and drove the build to 23.8 GiB peak on a 24 GiB machine.
+MEMORY_SHARE = 0.8
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None  # not Linux: no ceiling
+
+
+def _cap_address_space(available: int | None) -> None:
+    """RLIMIT_AS = what this (forked) process maps now + MEMORY_SHARE of `available`."""
+    if available is None:
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    ceiling = mapped + int(MEMORY_SHARE * available)
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling if hard == resource.RLIM_INFINITY else min(ceiling, hard), hard))
+
+
 def isolated(fn: Callable, *args, **kwargs):
     """`fn(*args, **kwargs)` in a forked child process, so that a crash of native code (onnxruntime's
     calibration sessions have died with SIGSEGV on full-size graphs) becomes a QuantizeError - the
     ladder steps down with the reason - instead of killing the build. Fork, not spawn: the child
     inherits the feed readers (closures over files on disk) and needs no re-import; it runs numpy and
     onnxruntime only. The result and any exception travel back pickled; an exception comes back as a
-    QuantizeError with its message."""
+    QuantizeError with its message. The child's address space is capped (`MEMORY_SHARE`)."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
+    available = _available_bytes()
 
     def child():
         receive.close()
         faulthandler.disable()  # a crash is the parent's one-line reason; an inherited dump would interleave
         try:
+            _cap_address_space(available)
             send.send(("ok", fn(*args, **kwargs)))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as one line
+            if isinstance(err, MemoryError):
+                err = QuantizeError(f"out of memory: needed more than {MEMORY_SHARE:.0%} of the memory available "
+                                    "when it started")
             send.send(("error", f"{err}" if isinstance(err, QuantizeError) else
                        f"{type(err).__name__}: {' '.join(str(err).split())[:300]}", traceback.format_exc()[-2000:]))
         finally:
