@@ -275,20 +275,23 @@ def test_mask_iou_leaves_out_undecided_pixels():
 
 
 class _Dets:
-    def __init__(self, boxes, scores, probs):
-        self.boxes_xyxy_px, self.scores, self.mask_probs = np.array(boxes, np.float32), np.array(scores), probs
+    def __init__(self, queries, boxes, scores, probs):
+        self.query_indices, self.scores, self.mask_probs = np.array(queries), np.array(scores), probs
+        self.boxes_xyxy_px = np.array(boxes, np.float32)
 
 
-def test_detection_matching_and_figures():
-    ref_boxes = [[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]
-    got_boxes = [[21, 20, 31, 30], [0, 0, 10, 11], [100, 100, 110, 110]]
-    pairs = match_detections(np.array(ref_boxes), np.array([0.9, 0.8, 0.7]), np.array(got_boxes),
-                             np.array([0.75, 0.85, 0.5]))
-    assert [(i, j) for i, j, _ in pairs] == [(0, 1), (1, 0)]
-    probs = np.full((3, 4, 4), 0.99, np.float32)
-    figures = detection_figures(_Dets(ref_boxes, [0.9, 0.8, 0.7], probs), _Dets(got_boxes, [0.75, 0.85, 0.5], probs))
-    assert figures["matched_fraction"] == pytest.approx(2 / 3)
-    assert figures["max_score_delta"] == pytest.approx(0.05) and figures["max_box_delta_px"] == 1.0
+def test_detections_pair_by_query_not_by_rank():
+    # the reference's top 3 (queries 5, 7, 9: near-tied scores); the candidate kept more (its top 5),
+    # with the order changed, query 9 ranked 4th, and query 7's box moved away
+    ref = _Dets([5, 7, 9], [[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0.50, 0.49, 0.48],
+                np.full((3, 4, 4), 0.99, np.float32))
+    got = _Dets([7, 5, 2, 9, 3], [[80, 80, 90, 90], [0, 0, 10, 11], [0, 0, 10, 10], [50, 50, 61, 60], [1, 1, 9, 9]],
+                [0.52, 0.51, 0.50, 0.47, 0.46], np.full((5, 4, 4), 0.99, np.float32))
+    pairs = match_detections(ref.query_indices, ref.boxes_xyxy_px, got.query_indices, got.boxes_xyxy_px)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1), (2, 3)]  # query 2's box equals query 5's: not a match
+    figures = detection_figures(ref, got)
+    assert figures["matched_fraction"] == pytest.approx(2 / 3) and figures["candidate_detections"] == 5
+    assert figures["max_score_delta"] == pytest.approx(0.01) and figures["max_box_delta_px"] == 1.0
     assert figures["mask_iou"] == 1.0
     track = track_figures([np.ones((1, 1, 4, 4)), -np.ones((1, 1, 4, 4))], [np.ones((1, 1, 4, 4)), np.ones((1, 1, 4, 4))])
     assert track["track_iou_per_frame"] == [1.0, 0.0] and track["track_iou"] == 0.0

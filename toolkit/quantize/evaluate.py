@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ..runners import Runner
-from .feeds import run_image_pipeline, run_tracker_pipeline
-from .metrics import MASK_MARGIN, detection_figures, tensor_figures, track_figures, worst
+from .feeds import MAX_OBJECTS, run_image_pipeline, run_tracker_pipeline
+from .metrics import CANDIDATE_FACTOR, MASK_MARGIN, detection_figures, tensor_figures, track_figures, worst
 
 
 def measure_component(reference: Runner, candidate: Runner, feeds: Iterable[Mapping[str, np.ndarray]],
@@ -40,22 +40,31 @@ def measure_component(reference: Runner, candidate: Runner, feeds: Iterable[Mapp
     return {"figures": worst(outputs.values()), "outputs": outputs, "samples": n}
 
 
-def measure_detector(reference: Mapping[str, Runner], candidate: Mapping[str, Runner], part,
-                     samples: int | None = None, max_objects: int = 10, margin: float = MASK_MARGIN) -> dict:
-    """Detections of the image pipeline with `candidate` runners matched to those with `reference`
-    runners, per evaluation sample; figures: the worst sample's (see metrics.detection_figures)."""
-    ref_runs = run_image_pipeline(reference, part, samples=samples, max_objects=max_objects)
-    got_runs = run_image_pipeline(candidate, part, samples=samples, max_objects=max_objects)
-    per_sample = []
-    for r, g in zip(ref_runs, got_runs, strict=True):
-        per_sample.append({"image": r.image, "prompt": r.prompt,
-                           **detection_figures(r.detections, g.detections, margin=margin)})
-    keys = ("matched_fraction", "max_score_delta", "max_box_delta_px", "mask_iou")
+# The detector's end-to-end figures (per sample; the worst over the samples is gated).
+DETECTOR_FIGURES = ("matched_fraction", "max_score_delta", "max_box_delta_px", "mask_iou")
+
+
+def detector_figures(ref_runs, got_runs, margin: float = MASK_MARGIN) -> tuple[list[dict], dict]:
+    """Per evaluation sample, `got`'s detections against the reference's (metrics.detection_figures),
+    and the worst sample's figures."""
+    per_sample = [{"image": r.image, "prompt": r.prompt, **detection_figures(r.detections, g.detections, margin=margin)}
+                  for r, g in zip(ref_runs, got_runs, strict=True)]
     figures = {}
-    for key in keys:
+    for key in DETECTOR_FIGURES:
         values = [s[key] for s in per_sample if key in s]
         if values:
             figures[key] = min(values) if key in ("matched_fraction", "mask_iou") else max(values)
+    return per_sample, figures
+
+
+def measure_detector(reference: Mapping[str, Runner], candidate: Mapping[str, Runner], part,
+                     samples: int | None = None, max_objects: int = MAX_OBJECTS, margin: float = MASK_MARGIN) -> dict:
+    """Detections of the image pipeline with `candidate` runners matched to those with `reference`
+    runners, per evaluation sample; figures: the worst sample's (see metrics.detection_figures). The
+    candidate keeps CANDIDATE_FACTOR times `max_objects`."""
+    ref_runs = run_image_pipeline(reference, part, samples=samples, max_objects=max_objects)
+    got_runs = run_image_pipeline(candidate, part, samples=samples, max_objects=max_objects * CANDIDATE_FACTOR)
+    per_sample, figures = detector_figures(ref_runs, got_runs, margin)
     return {"figures": figures, "samples": per_sample}
 
 

@@ -139,8 +139,11 @@ class ImageRun:
     detections: object  # toolkit.pipeline.image.Detections
 
 
+MAX_OBJECTS = 10  # the detections an fp32 run keeps per image (the gate's reference set)
+
+
 def run_image_pipeline(runners: Mapping[str, Runner], part, hook: Hook | None = None, samples: int | None = None,
-                       max_objects: int = 10, threshold: float = 0.0) -> list[ImageRun]:
+                       max_objects: int = MAX_OBJECTS, threshold: float = 0.0) -> list[ImageRun]:
     """`ImageSegmenter` (the pipeline of `toolkit segment` and of a bundle) over the part's samples
     with these detector runners; every component call goes to `hook` first. The top `max_objects`
     detections by score are kept (threshold 0: the untrained default weights score low)."""

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from ..runners import Runner
 from .calibration import CalibrationSet
-from .evaluate import measure_component
-from .feeds import FeedRecorder, FeedStore, run_image_pipeline, run_tracker_pipeline, torch_runners
+from .evaluate import DETECTOR_FIGURES, detector_figures, measure_component
+from .feeds import MAX_OBJECTS, FeedRecorder, FeedStore, run_image_pipeline, run_tracker_pipeline, torch_runners
 from .gate import QuantSettings
-from .metrics import detection_figures, track_figures
+from .metrics import CANDIDATE_FACTOR, track_figures
 
 DETECTOR = "detector"
 TRACKER = "tracker"
@@ -43,8 +43,7 @@ def pipelines_for(components: Iterable[str]) -> list[str]:
 
 
 # The end-to-end figures each pipeline yields (`Calibration.end_to_end`).
-PIPELINE_FIGURES = {DETECTOR: ("matched_fraction", "max_score_delta", "max_box_delta_px", "mask_iou"),
-                    TRACKER: ("track_iou",)}
+PIPELINE_FIGURES = {DETECTOR: DETECTOR_FIGURES, TRACKER: ("track_iou",)}
 
 
 def components_behind(figure: str) -> tuple[str, ...]:
@@ -131,8 +130,9 @@ class Calibration:
         runners = self._runners(pipelines, candidates or {})
         the_part, samples = self.set.part(part), self.samples()
         out = {}
-        if DETECTOR in pipelines:
-            out[DETECTOR] = run_image_pipeline(runners, the_part, hook, samples)
+        if DETECTOR in pipelines:  # a candidate run keeps more detections (metrics.CANDIDATE_FACTOR)
+            out[DETECTOR] = run_image_pipeline(runners, the_part, hook, samples,
+                                               max_objects=MAX_OBJECTS * (CANDIDATE_FACTOR if candidates else 1))
         if TRACKER in pipelines:
             out[TRACKER] = run_tracker_pipeline(runners, the_part, hook, frames=max(2, samples))
         return out
@@ -155,14 +155,8 @@ class Calibration:
         margin = self.settings.mask_margin
         result: dict = {"figures": {}}
         if DETECTOR in got:
-            per_sample = [{"image": r.image, "prompt": r.prompt, **detection_figures(r.detections, g.detections,
-                                                                                     margin=margin)}
-                          for r, g in zip(self.reference_runs[DETECTOR], got[DETECTOR], strict=True)]
-            result[DETECTOR] = per_sample
-            for key in PIPELINE_FIGURES[DETECTOR]:
-                values = [s[key] for s in per_sample if key in s]
-                if values:
-                    result["figures"][key] = min(values) if key in ("matched_fraction", "mask_iou") else max(values)
+            result[DETECTOR], figures = detector_figures(self.reference_runs[DETECTOR], got[DETECTOR], margin)
+            result["figures"].update(figures)
         if TRACKER in got:
             figures = track_figures(self.reference_runs[TRACKER], got[TRACKER], margin)
             result[TRACKER] = {k: v for k, v in figures.items()}
