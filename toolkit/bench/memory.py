@@ -43,7 +43,7 @@ def _imports():
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
-    from .. import components  # noqa: F401
+    from ..components import registry  # noqa: F401
     from ..runners import ort_runner, ptl_runner, torch_runner  # noqa: F401
     from . import backends  # noqa: F401
 
