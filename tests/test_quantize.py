@@ -281,7 +281,7 @@ class _Dets:
 
 
 def test_detections_pair_by_query_not_by_rank():
-    # the reference's top 3 (queries 5, 7, 9: near-tied scores); the candidate kept more (its top 5),
+    # the reference's top 3 (queries 5, 7, 9: near-tied scores); the candidate kept other queries too,
     # with the order changed, query 9 ranked 4th, and query 7's box moved away
     ref = _Dets([5, 7, 9], [[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0.50, 0.49, 0.48],
                 np.full((3, 4, 4), 0.99, np.float32))

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ..runners import Runner
-from .feeds import MAX_OBJECTS, run_image_pipeline, run_tracker_pipeline
-from .metrics import CANDIDATE_FACTOR, MASK_MARGIN, detection_figures, tensor_figures, track_figures, worst
+from .feeds import CANDIDATE_OBJECTS, MAX_OBJECTS, run_image_pipeline, run_tracker_pipeline
+from .metrics import MASK_MARGIN, detection_figures, tensor_figures, track_figures, worst
 
 
 def measure_component(reference: Runner, candidate: Runner, feeds: Iterable[Mapping[str, np.ndarray]],
@@ -61,9 +61,9 @@ def measure_detector(reference: Mapping[str, Runner], candidate: Mapping[str, Ru
                      samples: int | None = None, max_objects: int = MAX_OBJECTS, margin: float = MASK_MARGIN) -> dict:
     """Detections of the image pipeline with `candidate` runners matched to those with `reference`
     runners, per evaluation sample; figures: the worst sample's (see metrics.detection_figures). The
-    candidate keeps CANDIDATE_FACTOR times `max_objects`."""
+    candidate keeps every query (feeds.CANDIDATE_OBJECTS)."""
     ref_runs = run_image_pipeline(reference, part, samples=samples, max_objects=max_objects)
-    got_runs = run_image_pipeline(candidate, part, samples=samples, max_objects=max_objects * CANDIDATE_FACTOR)
+    got_runs = run_image_pipeline(candidate, part, samples=samples, max_objects=CANDIDATE_OBJECTS)
     per_sample, figures = detector_figures(ref_runs, got_runs, margin)
     return {"figures": figures, "samples": per_sample}
 

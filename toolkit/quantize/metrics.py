@@ -148,12 +148,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-# A quantized run keeps this many times the reference's detections: the untrained weights' scores are
-# near-ties, so a perturbation far inside the gate reorders them across the reference's top-k cut; a
-# detection counts as lost only when it leaves this wider set.
-CANDIDATE_FACTOR = 3
-
-
 def match_detections(ref_queries: np.ndarray, ref_boxes: np.ndarray, got_queries: np.ndarray,
                      got_boxes: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int, float]]:
     """Pairs of the same query (the detector's 200 queries are slots: quantization changes what a slot
@@ -179,9 +173,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def detection_figures(ref, got, min_iou: float = 0.5, margin: float = MASK_MARGIN) -> dict:
     """Figures of one image's detections (`toolkit.pipeline.image.Detections` or anything with
     query_indices, boxes_xyxy_px, scores, mask_probs): the share of the reference's detections found
-    in `got` (same query, boxes overlapping; `got` should keep CANDIDATE_FACTOR times as many), score
-    / box deltas (pixels) and margin-aware mask IoU (on the probabilities turned back into logits) of
-    the matched pairs."""
+    in `got` (same query, boxes overlapping; `got` should keep every query, see
+    feeds.CANDIDATE_OBJECTS), score / box deltas (pixels) and margin-aware mask IoU (on the
+    probabilities turned back into logits) of the matched pairs."""
     pairs = match_detections(ref.query_indices, ref.boxes_xyxy_px, got.query_indices, got.boxes_xyxy_px, min_iou)
     n_ref = len(ref.scores)
     out = {"detections": n_ref, "candidate_detections": len(got.scores), "matched": len(pairs),

@@ -22,9 +22,17 @@ from pathlib import Path
 from ..runners import Runner
 from .calibration import CalibrationSet
 from .evaluate import DETECTOR_FIGURES, detector_figures, measure_component
-from .feeds import MAX_OBJECTS, FeedRecorder, FeedStore, run_image_pipeline, run_tracker_pipeline, torch_runners
+from .feeds import (
+    CANDIDATE_OBJECTS,
+    MAX_OBJECTS,
+    FeedRecorder,
+    FeedStore,
+    run_image_pipeline,
+    run_tracker_pipeline,
+    torch_runners,
+)
 from .gate import QuantSettings
-from .metrics import CANDIDATE_FACTOR, track_figures
+from .metrics import track_figures
 
 DETECTOR = "detector"
 TRACKER = "tracker"
@@ -130,9 +138,9 @@ class Calibration:
         runners = self._runners(pipelines, candidates or {})
         the_part, samples = self.set.part(part), self.samples()
         out = {}
-        if DETECTOR in pipelines:  # a candidate run keeps more detections (metrics.CANDIDATE_FACTOR)
+        if DETECTOR in pipelines:  # a candidate run keeps every query (feeds.CANDIDATE_OBJECTS)
             out[DETECTOR] = run_image_pipeline(runners, the_part, hook, samples,
-                                               max_objects=MAX_OBJECTS * (CANDIDATE_FACTOR if candidates else 1))
+                                               max_objects=CANDIDATE_OBJECTS if candidates else MAX_OBJECTS)
         if TRACKER in pipelines:
             out[TRACKER] = run_tracker_pipeline(runners, the_part, hook, frames=max(2, samples))
         return out
