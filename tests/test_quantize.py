@@ -502,17 +502,20 @@ def test_ort_weight_only_int8_and_int4_and_fp16(mlp_onnx, tmp_path):
     assert session.get_inputs()[0].type == "tensor(float)"  # fp32 I/O kept
 
 
-class ConvOnly(nn.Module):
-    """Convolutions only (the vision encoder's and tracker neck's kinds): plain, depthwise, transposed."""
+class ConvGemm(nn.Module):
+    """Convolutions (the vision encoder's and tracker neck's kinds: plain, depthwise, transposed) and a
+    2-D Linear (exported as Gemm: dynamic int8, as MatMul)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 128, 3, padding=1)
         self.depthwise = nn.Conv2d(128, 128, 3, padding=1, groups=128)
         self.up = nn.ConvTranspose2d(128, 64, 2, stride=2)
+        self.head = nn.Linear(128, 32)
 
     def forward(self, x):
-        return (self.up(torch.relu(self.depthwise(torch.relu(self.conv(x))))),)
+        y = torch.relu(self.depthwise(torch.relu(self.conv(x))))
+        return self.up(y), self.head(y.mean((2, 3)))
 
 
 def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(tmp_path):
@@ -521,13 +524,14 @@ def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(tmp_path):
     src = tmp_path / "convs.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ConvOnly().eval(), (torch.randn(1, 3, 16, 16),), str(src), input_names=["x"],
-                          output_names=["y"], dynamo=False, opset_version=17)
-    result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")  # no MatMul: convolutions only
+        torch.onnx.export(ConvGemm().eval(), (torch.randn(1, 3, 16, 16),), str(src), input_names=["x"],
+                          output_names=["y", "z"], dynamo=False, opset_version=17)
+    result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")
     model = onnx.load(str(result.path))
     inits = {i.name: i for i in model.graph.initializer}
     dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert result.settings["conv_weights_int8"] == 3 and len(dequantize) == 3
+    assert result.settings["dequantized_weights"] == 3 and len(dequantize) == 3
+    assert "MatMulInteger" in result.operators  # the Gemm, rewritten by quantize_dynamic
     assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dequantize)
     scales = sorted(tuple(inits[n.input[1]].dims) for n in dequantize)
     assert scales == [(64,), (128,), (128,)]  # per output channel; ConvTranspose's is its axis 1

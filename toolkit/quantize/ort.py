@@ -19,8 +19,9 @@ float16 converter in onnxruntime.transformers).
 - **int8-weights**: `quantize_dynamic`: int8 weights of MatMul / Gemm, activations quantized at run
   time (what wins for the 63M-parameter text encoder), and int8 embedding tables (a Gather of a
   constant table dequantizes the rows it picks: the text encoder's 49408 x 512 token table is
-  96.5 of its 241 MiB); Conv / ConvTranspose weights become int8 behind a DequantizeLinear, computed
-  in float (`_conv_weights_int8`: a quarter of the file, ONNX Runtime keeps the DequantizeLinear
+  96.5 of its 241 MiB); Conv / ConvTranspose weights, which it would turn into ConvInteger
+  (activations quantized too), become int8 behind a DequantizeLinear, computed in float
+  (`_weights_behind_dequantize`: a quarter of the file; ONNX Runtime keeps the DequantizeLinear
   rather than folding it back to float). A graph without such weights is refused (nothing would be
   quantized).
 - **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
@@ -55,8 +56,8 @@ from .stage import QuantizeError, StageResult, isolated, size_of
 
 FeedSource = Callable[[], Iterator[Mapping[str, np.ndarray]]] | Iterable[Mapping[str, np.ndarray]]
 TENSORRT_OP_TYPES = OPERATOR_SETS["weighted"]
-WEIGHT_OP_TYPES = ("MatMul", "Gemm")
-CONV_OP_TYPES = ("Conv", "ConvTranspose")  # int8-weights stores their weights int8, computes in float
+WEIGHT_OP_TYPES = ("MatMul", "Gemm")  # quantize_dynamic (it rewrites a Gemm as MatMul + Add, then MatMulInteger)
+DEQUANTIZED_OP_TYPES = ("Conv", "ConvTranspose")  # int8-weights stores their weights int8, float compute
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
 
 
@@ -338,7 +339,7 @@ def _weight_nodes(path: Path, op_types: Iterable[str]) -> int:
 def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     op_types = [t for t in WEIGHT_OP_TYPES if t not in settings.keep_float]
-    conv_types = [t for t in CONV_OP_TYPES if t not in settings.keep_float]
+    conv_types = [t for t in DEQUANTIZED_OP_TYPES if t not in settings.keep_float]
     granularity = "per channel" if settings.per_channel else "per tensor"
     with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
@@ -355,19 +356,19 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
             parts.append(f"dynamic int8 on {'/'.join(op_types)} (activations quantized at run time)")
             used["op_types_to_quantize"] = op_types
         if convs:
-            count = _conv_weights_int8(dst if matmuls else pre, dst, conv_types, settings.per_channel)
+            count = _weights_behind_dequantize(dst if matmuls else pre, dst, conv_types, settings.per_channel)
             parts.append(f"{count} {'/'.join(conv_types)} weights int8 behind DequantizeLinear (float compute)")
-            used["conv_weights_int8"] = count
+            used["dequantized_weights"] = count
     return f"int8 weights {granularity}: " + "; ".join(parts), used
 
 
-def _conv_weights_int8(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool) -> int:
+def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool) -> int:
     """Conv / ConvTranspose constant weights stored as symmetric int8 with a DequantizeLinear in front:
-    weight-only quantization with float compute. Written here because onnxruntime's quantizers have no
-    weight-only path for convolutions (quantize_dynamic turns a Conv into ConvInteger, which quantizes
-    the activations too; MatMulNBits is MatMul only). Scales per output channel (Conv axis 0,
-    ConvTranspose axis 1; per tensor for a grouped ConvTranspose, whose axis 1 is not the output
-    channel). Returns how many weights were quantized."""
+    weight-only quantization with float compute. Written here because
+    onnxruntime's quantizers have no weight-only path for convolutions (quantize_dynamic turns a Conv
+    into ConvInteger, which quantizes the activations too; MatMulNBits is MatMul only). Scales per
+    output channel (Conv axis 0; ConvTranspose axis 1, per tensor when grouped, where axis 1 is not the
+    output channel). Returns how many weights were quantized."""
     model = onnx.load(str(src))
     if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
         raise QuantizeError("per-channel DequantizeLinear needs opset 13 or later")
@@ -385,9 +386,9 @@ def _conv_weights_int8(src: Path, dst: Path, op_types: Iterable[str], per_channe
             continue  # not a constant, shared with another kind of operator, or already done
         done.add(weight)
         array = onnx.numpy_helper.to_array(inits[weight]).astype(np.float32)
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        axis = None if not per_channel or (node.op_type == "ConvTranspose" and group != 1) else \
-            (1 if node.op_type == "ConvTranspose" else 0)
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        axis = {"Conv": 0, "ConvTranspose": 1 if attrs.get("group", 1) == 1 else None}[node.op_type] \
+            if per_channel else None
         if axis is None:
             scale = np.array(np.abs(array).max() / 127, dtype=np.float32)
             shaped = scale
@@ -400,10 +401,10 @@ def _conv_weights_int8(src: Path, dst: Path, op_types: Iterable[str], per_channe
         graph.initializer.extend([onnx.numpy_helper.from_array(quantized, f"{weight}_int8"),
                                   onnx.numpy_helper.from_array(scale, f"{weight}_scale"),
                                   onnx.numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{weight}_zero")])
-        attrs = {} if axis is None else {"axis": axis}
+        per_axis = {} if axis is None else {"axis": axis}
         dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{weight}_int8", f"{weight}_scale",
                                                                      f"{weight}_zero"], [weight],
-                                                name=f"{weight}_dequantize", **attrs))
+                                                name=f"{weight}_dequantize", **per_axis))
     nodes = dequantize + list(graph.node)  # constants first: the graph stays topologically sorted
     del graph.node[:]
     graph.node.extend(nodes)
