@@ -460,6 +460,41 @@ def test_ort_static_int8_quantizes_the_weighted_layers_unless_told_all(convnet_o
         QuantSettings.from_dict({"operators": "some"})
 
 
+class Attention(nn.Module):
+    """One attention head: weighted projections and two products of activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x):
+        weights = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 32 ** 0.5, dim=-1)
+        return (weights @ self.v(x),)
+
+
+def test_ort_weighted_int8_leaves_products_of_activations_in_float(tmp_path):
+    torch.manual_seed(3)
+    src = tmp_path / "attention.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Attention().eval(), (torch.randn(1, 16, 32),), str(src), input_names=["x"],
+                          output_names=["y"], dynamo=False, opset_version=17)
+    feeds = lambda: iter(_feeds((1, 16, 32), 4, 0))  # noqa: E731
+
+    def quantized_inputs(path):  # per MatMul / Gemm (the projections export as Gemm): inputs read from a DQ
+        model = onnx.load(str(path))
+        dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return [(n.op_type, sum(i in dq for i in n.input)) for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    weighted = quantize_onnx(src, tmp_path / "w.onnx", "int8", QuantSettings(), feeds)
+    every = quantize_onnx(src, tmp_path / "a.onnx", "int8", QuantSettings(operators="all"), feeds)
+    assert weighted.settings["activation_products_kept_float"] == 2
+    assert every.settings["activation_products_kept_float"] == 0
+    assert quantized_inputs(weighted.path) == [("Gemm", 3)] * 3 + [("MatMul", 0)] * 2
+    assert quantized_inputs(every.path) == [("Gemm", 3)] * 3 + [("MatMul", 2)] * 2
+    evaluation = _feeds((1, 16, 32), 2, 5)
+    assert _measure(src, weighted.path, evaluation)["figures"]["sqnr_db"] > 20
+
+
 def test_tensorrt_explicit_quantization(convnet_onnx, tmp_path):
     result = quantize_onnx(convnet_onnx, tmp_path / "trt.onnx", "int8", QuantSettings(),
                            lambda: iter(_feeds((1, 3, 16, 16), 4, 0)), flavour="tensorrt")

@@ -49,7 +49,8 @@ LADDERS: dict[str, dict[str, str]] = {name: dict(b.ladder) for name, b in BACKEN
 FORMAT_PRECISIONS = {name: tuple(b.precisions) for name, b in BACKENDS.items()}
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
-# The operator types static int8 quantizes. "weighted" (the default): the layers int8 kernels speed up;
+# The operator types static int8 quantizes. "weighted" (the default): the layers int8 kernels speed up
+# (for ONNX Runtime less the MatMuls of two activations: toolkit.quantize.ort._activation_products);
 # Softmax, LayerNorm, residual Adds, positional encodings stay float. Quantizing "all" cost the
 # transformer components most of their accuracy (full-size fusion decoder SQNR -2.7 dB with all vs
 # 12.5 dB weighted, mask decoder -1.3 vs 17.1 dB; untrained weights, 4 calibration samples).
