@@ -12,7 +12,8 @@
   report.py     the versioned JSON schema, Markdown, PNG plots
 
 Components come from `toolkit.components.registry` and runners from `toolkit.runners`: nothing here lists
-components or implements a backend.
+components or implements a backend. Imports: backends, checkpoint, components, deploy (reading
+bundles), pipeline, runners, runtime, verify; imported by api / cli only.
 """
 from __future__ import annotations
 

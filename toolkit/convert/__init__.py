@@ -7,4 +7,7 @@ torch module -> Core ML mlprogram (.mlpackage): `coreml`;
 ONNX -> TensorRT-ready ONNX, operator check, engine build: `tensorrt`;
 BatchNorm / RepVGG folding before export: `reparam`;
 artifacts are cached by content hash: `cache`.
+
+Imports: components, model (re-parameterisation), runners, runtime (the .ort reader), errors; the
+backends call these stages, nothing here calls a backend.
 """

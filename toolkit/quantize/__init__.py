@@ -64,6 +64,10 @@ every sample (`ort.STREAMING`), so calibration holds one sample's activations, n
 
 Caveat: the embedded default weights are deterministic, not trained; figures measured with them
 say how the quantizers treat these activations, not the trained model's (see metrics).
+
+Imports: backends, components, convert (cache), pipeline (the chain walkers), runners, verify
+(reference, mask agreement), deploy.bundle, files, errors, machine; the build's quantize stage
+(toolkit.backends.quantize) drives it.
 """
 from .calibration import CalibrationSet, Part, Prompt, Sample, TrackPrompt
 from .gate import (

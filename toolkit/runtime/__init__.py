@@ -7,7 +7,8 @@
 
 Installed on its own by `pip install esam3-toolkit` (the base install is the runtime's
 dependencies; the converter chain is the `convert` extra). Command line: `toolkit-run`
-(`python -m toolkit.runtime`). `toolkit run` uses the same classes.
+(`python -m toolkit.runtime`). `toolkit run` uses the same classes. Imports nothing of the toolkit
+outside this package (numpy, onnxruntime, Pillow, regex, ftfy, jsonschema): a test installs it alone.
 """
 from .bundle import Bundle, open_bundle
 from .errors import RuntimeInputError

@@ -1,4 +1,5 @@
-"""Neural modules of the EfficientSAM3 video tracker (checkpoint prefix `tracker.`)."""
+"""Neural modules of the EfficientSAM3 video tracker (checkpoint prefix `tracker.`). Imports: torch and
+`toolkit.model` only."""
 from .mask_decoder import SamMaskDecoder
 from .memory_attention import MemoryAttention
 from .memory_encoder import MemoryEncoder, memory_input, memory_mask_probability
