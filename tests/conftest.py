@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from toolkit.checkpoint.loader import layout
+from toolkit.checkpoint import layout
 
 # Memory attention against upstream, tighter than the fixture's 1e-3 * max|ref| so that a wrong memory
 # bank fails. Measured on the golden clip (AMD EPYC with AVX-512, 2026-12-02), as a share of max|ref| on

@@ -332,7 +332,7 @@ def test_disk_full_while_writing_segment_results(ws, capsys, stand_in_model, mon
 def test_disk_full_while_writing_a_checkpoint(ws, capsys, monkeypatch):
     import torch
 
-    from toolkit.checkpoint.loader import weights
+    from toolkit.checkpoint import weights
     monkeypatch.setattr(weights, "synthetic_state_dict", lambda **kw: {"w": torch.zeros(3)})
 
     def full(obj, f, *args, **kwargs):
@@ -374,7 +374,7 @@ def light_reference():
 @pytest.fixture
 def light_export(light_reference, monkeypatch):
     """`toolkit export` with zero weights and the module's reference; returns the FORMATS to patch."""
-    from toolkit.checkpoint.loader import weights
+    from toolkit.checkpoint import weights
     from toolkit.deploy import export
     state, reference = light_reference
     monkeypatch.setattr(weights, "synthetic_state_dict", lambda *a, **k: state)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import layout_state_dict
 
+from toolkit.checkpoint import layout
 from toolkit.checkpoint.inventory import component_rows
-from toolkit.checkpoint.loader import layout, load_checkpoint
+from toolkit.checkpoint.loader import load_checkpoint
 from toolkit.checkpoint.weights import fill, synthetic_state_dict
 from toolkit.cli import main
 
