@@ -349,10 +349,12 @@ def _activation_products(model_path: Path, already: Iterable[str]) -> list[str]:
             and not any(i in constants for i in n.input)]
 
 
-def _weight_nodes(path: Path, op_types: Iterable[str]) -> int:
+def _weight_nodes(path: Path, op_types: Iterable[str]) -> Counter:
+    """Per operator type of `op_types`, how many nodes have a constant weight (second input)."""
     model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    return sum(1 for n in model.graph.node if n.op_type in set(op_types) and len(n.input) > 1 and n.input[1] in inits)
+    inits, kinds = {i.name for i in model.graph.initializer}, set(op_types)
+    return Counter(n.op_type for n in model.graph.node
+                   if n.op_type in kinds and len(n.input) > 1 and n.input[1] in inits)
 
 
 def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
@@ -362,7 +364,8 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
     granularity = "per channel" if settings.per_channel else "per tensor"
     with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
         pre = _preprocess(src, Path(tmp) / "pre.onnx", notes)
-        matmuls, convs = _weight_nodes(pre, op_types), _weight_nodes(pre, conv_types)
+        weighted = _weight_nodes(pre, op_types + conv_types)  # one read of the graph for both kinds
+        matmuls, convs = (sum(weighted[t] for t in kinds) for kinds in (op_types, conv_types))
         if not matmuls and not convs:
             raise QuantizeError(f"no {'/'.join(op_types + conv_types)} with constant weights: weight-only int8 "
                                 "would change nothing")
@@ -383,9 +386,9 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
 
 def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool) -> int:
     """Conv / ConvTranspose constant weights stored as symmetric int8 with a DequantizeLinear in front:
-    weight-only quantization with float compute. Written here because
-    onnxruntime's quantizers have no weight-only path for convolutions (quantize_dynamic turns a Conv
-    into ConvInteger, which quantizes the activations too; MatMulNBits is MatMul only). Scales per
+    weight-only quantization with float compute. Written here because onnxruntime's quantizers have no
+    weight-only path for convolutions (quantize_dynamic turns a Conv into ConvInteger, which quantizes
+    the activations too; MatMulNBits is MatMul only). Scales per
     output channel (Conv axis 0; ConvTranspose axis 1, per tensor when grouped, where axis 1 is not the
     output channel). Returns how many weights were quantized."""
     model = onnx.load(str(src))
