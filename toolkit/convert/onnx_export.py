@@ -16,16 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx_ir
 import onnxslim
 import torch
+from onnx_ir.passes.common import DeduplicateHashedInitializersPass
 from torch import nn
 
 from ..components.spec import Dim, linear_form
 
 EXPORTERS = ("dynamo", "legacy")
 # onnxslim folds every constant subgraph by default; a folded result this large is stored in the file
-# (a decoder's 33 MB first-layer attention bias, one RoPE table copy per layer) and costs more in size
-# than it saves in time.
+# and costs more in size than it saves in time. (The model is written so that no large constant
+# subgraph exists - see the fusion decoder's image attention and memory attention's RoPE tables -
+# because quant_pre_process and the .ort conversion fold without a limit.)
 FOLD_LIMIT_BYTES = 1 << 20
 
 
@@ -65,6 +68,14 @@ def _legacy(module, args, input_names, output_names, dynamic_axes, dims, opset) 
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _deduplicated(model: onnx.ModelProto) -> onnx.ModelProto:
+    """One initializer per distinct tensor: the exporter transposes a weight for each use, and a
+    weight used by every layer (the fusion decoder's box MLPs) is stored once per use (8 MiB)."""
+    ir_model = onnx_ir.from_proto(model)
+    DeduplicateHashedInitializersPass()(ir_model)
+    return onnx_ir.to_proto(ir_model)
+
+
 def check(model: onnx.ModelProto) -> None:
     """ONNX checker with full (strict) shape inference; raises onnx.checker.ValidationError."""
     onnx.checker.check_model(model, full_check=True)
@@ -87,7 +98,7 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: 
             export = _dynamo if exporter == "dynamo" else _legacy
             model = export(module.eval(), args, input_names, output_names, dynamic_axes, dims, opset)
         check(model)
-        model = onnxslim.slim(model, size_threshold=FOLD_LIMIT_BYTES)
+        model = _deduplicated(onnxslim.slim(model, size_threshold=FOLD_LIMIT_BYTES))
     check(model)
     onnx.save(model, str(path))
     opset_used = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -26,17 +26,26 @@ def chunked_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = Non
                       for part in q.split(size, dim=-2)], dim=-2)
 
 
+def split_heads(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The packed in-projection of `mha` (sequence-first (L, B, E) inputs, with biases) ->
+    q, k, v as (B, H, L, E/H), torch's head layout."""
+    e, h = mha.embed_dim, mha.num_heads
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+
+    def heads(x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], x.shape[1], h, e // h).permute(1, 2, 0, 3)
+    return tuple(heads(F.linear(x, w[i * e:(i + 1) * e], b[i * e:(i + 1) * e]))
+                 for i, x in enumerate((query, key, value)))
+
+
+def merge_heads(mha: nn.MultiheadAttention, out: Tensor) -> Tensor:
+    """Attention output (B, H, L, E/H) -> `mha`'s output projection, sequence-first (L, B, E)."""
+    return mha.out_proj(out.permute(2, 0, 1, 3).flatten(2))
+
+
 def multihead_attention(mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
                         key_padding_mask: Tensor | None = None, chunks: int = QUERY_CHUNKS) -> Tensor:
     """`mha(query, key, value, key_padding_mask, need_weights=False)[0]` (sequence-first, packed
     in-projection, with biases) with the attention computed over query chunks."""
-    e, h = mha.embed_dim, mha.num_heads
-    w, b = mha.in_proj_weight, mha.in_proj_bias
-    q, k, v = (F.linear(x, w[i * e:(i + 1) * e], b[i * e:(i + 1) * e]) for i, x in enumerate((query, key, value)))
-
-    def heads(x: Tensor) -> Tensor:  # (L,B,E) -> (B,H,L,E/H), torch's head layout
-        return x.reshape(x.shape[0], x.shape[1], h, e // h).permute(1, 2, 0, 3)
     mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # True = attend
-    out = chunked_sdpa(heads(q), heads(k), heads(v), mask, chunks)  # (B,H,L,d)
-    out = out.permute(2, 0, 1, 3).reshape(query.shape[0], query.shape[1], e)
-    return mha.out_proj(out)
+    return merge_heads(mha, chunked_sdpa(*split_heads(mha, query, key, value), mask, chunks))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.model.box_ops import box_cxcywh_to_xyxy, box_sine_embed, inverse_sigmoid
+from toolkit.model.chunked_attention import merge_heads, split_heads
 from toolkit.model.common import MLP
 
 # 1008 input / patch stride 14: the memory is a 72x72 grid.
@@ -41,11 +42,12 @@ class FusionDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, tokens: Tensor, token_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                prompt: Tensor, prompt_mask: Tensor, image_bias: Tensor) -> Tensor:
+                prompt: Tensor, prompt_mask: Tensor, bias_rows: Tensor, bias_cols: Tensor) -> Tensor:
         """
         tokens, token_pos: (1 + Q, B, C), presence token first (its position is zero).
         memory, memory_pos: (H*W, B, C); prompt (L, B, C), prompt_mask (B, L) True = padding.
-        image_bias: (B * heads, 1 + Q, H*W) additive attention bias.
+        bias_rows, bias_cols: (B, heads, 1 + Q, S) with H = W = S: the image attention bias of
+        query q at cell (h, w) is bias_rows[..., q, h] + bias_cols[..., q, w].
         """
         q = tokens + token_pos
         tokens = self.norm2(tokens + self.self_attn(q, q, tokens, need_weights=False)[0])
@@ -53,12 +55,21 @@ class FusionDecoderLayer(nn.Module):
             tokens + token_pos, prompt, prompt, key_padding_mask=prompt_mask, need_weights=False
         )[0]
         tokens = self.catext_norm(tokens + attended)
-        attended = self.cross_attn(
-            tokens + token_pos, memory + memory_pos, memory, attn_mask=image_bias,
-            need_weights=False,
-        )[0]
+        attended = self._image_attention(tokens + token_pos, memory + memory_pos, memory, bias_rows, bias_cols)
         tokens = self.norm1(tokens + attended)
         return self.norm3(tokens + self.linear2(F.relu(self.linear1(tokens))))
+
+    def _image_attention(self, query: Tensor, key: Tensor, value: Tensor, bias_rows: Tensor,
+                         bias_cols: Tensor) -> Tensor:
+        """`cross_attn(query, key, value, attn_mask=rows + cols)` without the (1 + Q) x H*W bias as
+        one tensor: the two factors are added to the scores in turn. In the first layer the boxes
+        are learned constants, and an exporter or graph optimiser folds a bias built from them
+        into a 32 MiB constant; added to the scores, every sum has a run-time operand."""
+        q, k, v = split_heads(self.cross_attn, query, key, value)
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, heads, 1 + Q, H*W)
+        side = bias_rows.shape[-1]
+        scores = (scores.unflatten(-1, (side, side)) + bias_rows[..., :, None] + bias_cols[..., None, :]).flatten(-2)
+        return merge_heads(self.cross_attn, scores.softmax(-1) @ v)
 
 
 class FusionDecoder(nn.Module):
@@ -94,8 +105,9 @@ class FusionDecoder(nn.Module):
         deltas = (coords[:, None] - edges[:, :, None, :]) * 8
         return torch.sign(deltas) * torch.log2(deltas.abs() + 1.0) / math.log2(8)
 
-    def _image_bias(self, boxes: Tensor) -> Tensor:
-        """boxes (Q, B, 4) cxcywh -> image attention bias (B * heads, 1 + Q, H*W).
+    def _image_bias(self, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """boxes (Q, B, 4) cxcywh -> the image attention bias's row and column factors, each
+        (B, heads, 1 + Q, S) (see FusionDecoderLayer.forward).
 
         Row 0, the presence token's, is zero. The bias of query q at cell (h, w) is
         MLP_y(distances of row h to the box's top/bottom) + MLP_x(column w to left/right).
@@ -103,13 +115,8 @@ class FusionDecoder(nn.Module):
         xyxy = box_cxcywh_to_xyxy(boxes).transpose(0, 1)  # (B, Q, 4)
         bias_x = self.boxRPB_embed_x(self._log_distances(self.rpb_coords, xyxy[..., 0::2]))
         bias_y = self.boxRPB_embed_y(self._log_distances(self.rpb_coords, xyxy[..., 1::2]))
-        # (B, Q, S, heads) -> (B, heads, 1 + Q, S) with a leading zero row for the presence
-        # token, so that the sum below is the only full-size tensor built, already in the
-        # attention's layout (contiguous operands give a contiguous sum).
-        bias_x = F.pad(bias_x, (0, 0, 0, 0, 1, 0)).permute(0, 3, 1, 2).contiguous()
-        bias_y = F.pad(bias_y, (0, 0, 0, 0, 1, 0)).permute(0, 3, 1, 2).contiguous()
-        bias = bias_y[..., :, None] + bias_x[..., None, :]  # (B, heads, 1 + Q, H, W)
-        return bias.flatten(3).flatten(0, 1)
+        # (B, Q, S, heads) -> (B, heads, 1 + Q, S) with a leading zero row for the presence token.
+        return tuple(F.pad(b, (0, 0, 0, 0, 1, 0)).permute(0, 3, 1, 2) for b in (bias_y, bias_x))
 
     def forward(self, memory: Tensor, memory_pos: Tensor, prompt: Tensor,
                 prompt_mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -136,7 +143,7 @@ class FusionDecoder(nn.Module):
             tokens = layer(
                 torch.cat((presence, queries), dim=0),
                 torch.cat((no_pos, query_pos), dim=0),
-                memory, memory_pos, prompt, prompt_mask, self._image_bias(boxes),
+                memory, memory_pos, prompt, prompt_mask, *self._image_bias(boxes),
             )
             presence, queries = tokens[:1], tokens[1:]
 

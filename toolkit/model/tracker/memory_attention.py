@@ -27,9 +27,9 @@ INPUT_POS_SCALE = 0.1
 class RoPEAttention(nn.Module):
     """Single-head attention with axial RoPE on queries and (the spatial part of) keys.
 
-    Queries are the frame's GRID*GRID tokens. Keys are `k_spatial` (a whole number of
-    GRID*GRID grids, each rotated like the query grid) followed by `k_extra` (not rotated).
-    `cos`/`sin` are the (GRID*GRID, dim/2) RoPE tables, shared by all layers.
+    Queries are the frame's GRID*GRID tokens, rotated by `q_rope`, the (cos, sin) tables
+    (GRID*GRID, dim/2). Keys are `k_spatial`, rotated by `k_rope` (a table row per key: a whole
+    number of grids, each rotated like the query grid), followed by `k_extra` (not rotated).
     """
 
     def __init__(self, dim: int = DIM, kv_in_dim: int = DIM):
@@ -39,15 +39,12 @@ class RoPEAttention(nn.Module):
         self.v_proj = nn.Linear(kv_in_dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, q: Tensor, k_spatial: Tensor, v_spatial: Tensor, cos: Tensor, sin: Tensor,
-                k_extra: Tensor | None = None, v_extra: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, k_spatial: Tensor, v_spatial: Tensor, q_rope: tuple[Tensor, Tensor],
+                k_rope: tuple[Tensor, Tensor], k_extra: Tensor | None = None,
+                v_extra: Tensor | None = None) -> Tensor:
         """q (B,5184,dim); k/v_spatial (B,G*5184,kv_in_dim); k/v_extra (B,P,kv_in_dim)."""
-        q = rotate(self.q_proj(q), cos, sin)
-        k = self.k_proj(k_spatial)
-        # Each of the G grids of keys is rotated like the query grid. Indexing the tables by
-        # token % grid (not reshaping to G grids) keeps G a free dimension when exported.
-        cell = torch.arange(k.shape[1], device=k.device) % (GRID * GRID)
-        k = rotate(k, cos[cell], sin[cell])
+        q = rotate(self.q_proj(q), *q_rope)
+        k = rotate(self.k_proj(k_spatial), *k_rope)
         v = self.v_proj(v_spatial)
         if k_extra is not None:
             k = torch.cat([k, self.k_proj(k_extra)], dim=1)
@@ -71,11 +68,12 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(DIM)
 
     def forward(self, x: Tensor, memory: Tensor, memory_pos: Tensor, pointers: Tensor, pointers_pos: Tensor,
-                cos: Tensor, sin: Tensor) -> Tensor:
+                grid_rope: tuple[Tensor, Tensor], memory_rope: tuple[Tensor, Tensor]) -> Tensor:
         y = self.norm1(x)
-        x = x + self.self_attn(y, y, y, cos, sin)
+        x = x + self.self_attn(y, y, y, grid_rope, grid_rope)
         y = self.norm2(x)
-        x = x + self.cross_attn_image(y, memory + memory_pos, memory, cos, sin, pointers + pointers_pos, pointers)
+        x = x + self.cross_attn_image(y, memory + memory_pos, memory, grid_rope, memory_rope,
+                                      pointers + pointers_pos, pointers)
         y = self.norm3(x)
         return x + self.linear2(F.relu(self.linear1(y)))
 
@@ -103,6 +101,12 @@ class MemoryAttention(nn.Module):
         x = (current + INPUT_POS_SCALE * current_pos).transpose(0, 1)
         memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
         pointers, pointers_pos = pointers.transpose(0, 1), pointers_pos.transpose(0, 1)
+        # The frame's own tokens use the tables as they are: a table gathered by a constant index
+        # is folded by exporters and graph optimisers into a copy per use (2.5 MiB each). Each of
+        # the memory's grids is rotated like the frame; indexing the tables by token % grid (not
+        # reshaping to frames) keeps the frame count a free dimension when exported.
+        cell = torch.arange(memory.shape[1], device=memory.device) % (GRID * GRID)
+        grid_rope, memory_rope = (self.rope_cos, self.rope_sin), (self.rope_cos[cell], self.rope_sin[cell])
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, pointers, pointers_pos, self.rope_cos, self.rope_sin)
+            x = layer(x, memory, memory_pos, pointers, pointers_pos, grid_rope, memory_rope)
         return self.norm(x).transpose(0, 1)
