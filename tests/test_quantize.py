@@ -317,7 +317,7 @@ def test_settings_from_a_target_table():
 
 
 def test_ladders_are_data():
-    assert ladder("ort", "int8") == ["int8", "int8-weights", "fp32"]
+    assert ladder("ort", "int8") == ["int8", "int8-weights", "int16-weights", "fp32"]
     assert ladder("tensorrt", "int8") == ["int8", "fp16", "fp32"]
     assert ladder("coreml", "palette4") == ["palette4", "palette6", "int8-weights", "fp16", "fp32"]
     assert ladder("ptl", "int8") == ["int8", "int8-weights", "fp32"]
@@ -337,11 +337,11 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
     strict = Gate(min_sqnr_db=200.0)  # only an exact copy passes
     result = choose_precision("convnet", "ort", "int8", attempt, strict)
     assert result.chosen == "fp32"
-    assert [r.precision for r in result.rungs] == ["int8", "int8-weights", "fp32"]
+    assert [r.precision for r in result.rungs] == ["int8", "int8-weights", "int16-weights", "fp32"]
     assert not result.rungs[0].passed and "(min_sqnr_db)" in result.rungs[0].failures[0]
     assert result.rungs[0].figures["sqnr_db"] < 200
-    # int8-weights (dynamic, on the token MLP's Gemms) cannot be exact either
-    assert len(result.steps) == 2 and result.steps[0].startswith("convnet: int8 -> int8-weights: sqnr_db ")
+    # int8-weights (dynamic, on the token MLP's Gemms) and int16-weights cannot be exact either
+    assert len(result.steps) == 3 and result.steps[0].startswith("convnet: int8 -> int8-weights: sqnr_db ")
     assert result.to_dict()["chosen"] == "fp32" and result.to_dict()["rungs"][0]["figures"]
 
     reachable = Gate(min_sqnr_db=20.0, min_cosine=0.99)
@@ -363,6 +363,7 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
         return result, {"sqnr_db": 300.0}
     down = choose_precision("plain", "ort", "int8-weights", weights_only, reachable)
     assert down.chosen == "fp32" and "with constant weights: weight-only int8 would change nothing" in down.steps[0]
+    assert "16-bit weights would change nothing" in down.steps[1]
 
 
 def test_settle_end_to_end_steps_the_most_sensitive_component():
@@ -553,14 +554,20 @@ class ConvGemm(nn.Module):
         return self.up(y), self.head(y.mean((2, 3)))
 
 
-def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(tmp_path):
-    from toolkit.convert.ort_mobile import convert_to_ort
+@pytest.fixture(scope="module")
+def convgemm_onnx(tmp_path_factory):
     torch.manual_seed(2)
-    src = tmp_path / "convs.onnx"
+    path = tmp_path_factory.mktemp("onnx") / "convs.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ConvGemm().eval(), (torch.randn(1, 3, 16, 16),), str(src), input_names=["x"],
+        torch.onnx.export(ConvGemm().eval(), (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
                           output_names=["y", "z"], dynamo=False, opset_version=17)
+    return path
+
+
+def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(convgemm_onnx, tmp_path):
+    from toolkit.convert.ort_mobile import convert_to_ort
+    src = convgemm_onnx
     result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")
     model = onnx.load(str(result.path))
     inits = {i.name: i for i in model.graph.initializer}
@@ -580,6 +587,30 @@ def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(tmp_path):
     assert "DequantizeLinear" in converted.config.read_text()
     assert tensor_figures(OrtRunner(src).infer(evaluation[0])["y"],
                           OrtRunner(converted.files["q"]).infer(evaluation[0])["y"])["sqnr_db"] > 35
+
+
+def test_ort_int16_weights_of_every_weighted_layer_halve_the_file_near_lossless(convgemm_onnx, tmp_path):
+    from toolkit.convert.ort_mobile import convert_to_ort
+    src = convgemm_onnx  # opset 17: ONNX's DequantizeLinear has no int16 before 21, com.microsoft's has
+    result = quantize_onnx(src, tmp_path / "w16.onnx", "int16-weights")
+    model = onnx.load(str(result.path))
+    inits = {i.name: i for i in model.graph.initializer}
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert result.settings["dequantized_weights"] == 4 and len(dequantize) == 4  # 3 convolutions + the Gemm
+    assert all(n.domain == "com.microsoft" for n in dequantize)
+    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT16 for n in dequantize)
+    assert sorted(tuple(inits[n.input[1]].dims) for n in dequantize) == [(32,), (64,), (128,), (128,)]
+    assert {"Conv", "ConvTranspose", "Gemm"} <= set(result.operators)  # float compute
+    assert 0.45 * result.source_bytes < result.size_bytes < 0.55 * result.source_bytes
+    evaluation = _feeds((1, 3, 16, 16), 3, 4)
+    # 16-bit per-channel rounding is about 2**-16 of each channel's range: ~90 dB measured
+    assert _measure(src, result.path, evaluation)["figures"]["sqnr_db"] > 70
+    converted = convert_to_ort({"q": result.path, "f": src}, tmp_path / "ort")
+    # kept behind the DequantizeLinear (folded back to float it would be the fp32 file's size; biases stay float)
+    assert converted.files["q"].stat().st_size < 0.6 * converted.files["f"].stat().st_size
+    assert "com.microsoft;1;DequantizeLinear" in converted.config.read_text()
+    assert tensor_figures(OrtRunner(src).infer(evaluation[0])["z"],
+                          OrtRunner(converted.files["q"]).infer(evaluation[0])["z"])["sqnr_db"] > 70
 
 
 def test_ort_mobile_conversion_of_a_quantized_graph(convnet_onnx, mlp_onnx, tmp_path):

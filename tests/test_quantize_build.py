@@ -19,14 +19,14 @@ import pytest
 from toolkit.backends import BACKENDS
 from toolkit.backends.quantize import _key
 from toolkit.checkpoint.weights import LABEL
-from toolkit.cli import main
+from toolkit.cli import build_parser, main
 from toolkit.deploy.build import run_build
 from toolkit.deploy.bundle import manifest_schema, open_bundle, schema_errors
 from toolkit.deploy.targets import find_target, load_target
 from toolkit.errors import ToolkitError
 from toolkit.quantize import QuantSettings
 from toolkit.quantize.calibration import DEFAULT_DIR
-from toolkit.quantize.gate import FORMAT_PRECISIONS, LADDERS
+from toolkit.quantize.gate import FORMAT_PRECISIONS, LADDERS, PRECISIONS
 from toolkit.quantize.session import Calibration
 from toolkit.verify.bundle import verify_bundle
 
@@ -65,6 +65,10 @@ def test_backends_own_precisions_and_ladders():
     assert FORMAT_PRECISIONS == {name: b.precisions for name, b in BACKENDS.items()}
     assert BACKENDS["tensorrt"].rungs("int8") == ["int8", "fp16", "fp32"]
     assert "int8" in BACKENDS["ort"].buildable() and "fp16" not in BACKENDS["ort"].buildable()
+    # the CLI spells the precisions out (its --help does not import torch): the same set
+    build = next(a for a in build_parser()._subparsers._group_actions[0].choices["build"]._actions
+                 if a.dest == "precision")
+    assert set(build.choices) == set(PRECISIONS)
 
 
 def test_target_quantization_table_and_precision_override(tmp_path):

@@ -26,7 +26,7 @@ A target file says, per component, which artifact the bundle gets and how it is 
     [quantization.gate]               #   activation_type, keep_float, ...; gate thresholds)
     min_sqnr_db = 20.0
 
-Precisions: fp32 | fp16 | int8 | int8-weights | int4-weights | palette6 | palette4, as the format
+Precisions: fp32 | fp16 | int8 | int8-weights | int16-weights | int4-weights | palette6 | palette4, as the format
 allows (its backend's `precisions`). A quantized precision is measured against fp32 at build time
 and steps down the format's ladder (its backend's `ladder`) when it fails the gate.
 `--precision P` (`Target.with_precision`) overrides the file for every component whose format

@@ -19,8 +19,8 @@ A target file's `[quantization]` table (parsed by `QuantSettings.from_dict`):
     [quantization.components.text_encoder]   # per-component overrides of the keys above
     keep_float = ["Gather"]
 
-Per component the target says `precision = "int8" | "int8-weights" | "int4-weights" | "palette4" |
-"palette6" | "fp16" | "fp32"`, as the format allows (`FORMAT_PRECISIONS`). A precision that fails
+Per component the target says `precision = "int8" | "int8-weights" | "int16-weights" | "int4-weights" |
+"palette4" | "palette6" | "fp16" | "fp32"`, as the format allows (`FORMAT_PRECISIONS`). A precision that fails
 the gate steps down its format's ladder (`LADDERS`) until one passes; fp32 is the floor of every
 format and is not gated (its parity is the export verification's job).
 """
@@ -36,6 +36,7 @@ from ..errors import ToolkitError
 PRECISIONS = {
     "int8": "int8 weights and activations (static, calibrated)",
     "int8-weights": "int8 weights, float activations (dynamic / weight-only)",
+    "int16-weights": "int16 weights (per channel), float compute: half of fp32's size, near-lossless",
     "int4-weights": "4-bit block-quantized weights (ONNX Runtime MatMulNBits), float activations",
     "palette6": "6-bit k-means palettized weights (Core ML)",
     "palette4": "4-bit k-means palettized weights (Core ML)",
