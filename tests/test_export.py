@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import with_make
@@ -169,6 +170,29 @@ def test_onnx_artifacts_are_checked_and_keep_dynamic_axes(exported):
             shape = runner.input_metadata[spec.name].shape
             for axis, dim in spec.dynamic_axes().items():
                 assert isinstance(shape[axis], str), f"{comp.name}.{spec.name} axis {axis} ({dim}) is static"
+
+
+def _initializer_bytes(path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+
+@pytest.mark.full
+def test_no_graph_grows_when_onnx_runtime_folds_its_constants(exported, tmp_path):
+    """quant_pre_process and the .ort conversion store ONNX Runtime's optimised graph, folded constants
+    included, without a size limit: a constant subgraph left in an export (the fusion decoder's first-layer
+    box bias, 31.8 MiB; RoPE tables gathered by a constant index, 2.5 MiB a copy) lands in the bundle."""
+    out, _ = exported
+    grown = {}
+    for name in COMPONENTS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # includes constant folding
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(str(out / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        before, after = _initializer_bytes(out / f"{name}.onnx"), _initializer_bytes(tmp_path / f"{name}.onnx")
+        if after > before + (1 << 20):
+            grown[name] = f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB"
+    assert not grown, grown
 
 
 @pytest.mark.full

@@ -565,52 +565,56 @@ def convgemm_onnx(tmp_path_factory):
     return path
 
 
-def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(convgemm_onnx, tmp_path):
-    from toolkit.convert.ort_mobile import convert_to_ort
-    src = convgemm_onnx
-    result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")
+def _weights_behind_dequantize(result):
+    """The DequantizeLinear nodes of a quantized graph, their stored weights and their scales."""
     model = onnx.load(str(result.path))
     inits = {i.name: i for i in model.graph.initializer}
-    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    return nodes, [inits[n.input[0]] for n in nodes], sorted(tuple(inits[n.input[1]].dims) for n in nodes)
+
+
+def _as_ort(src, result, tmp_path, output, feeds):
+    """.ort of the quantized graph and of its source: size ratio, required operators, SQNR of `output`."""
+    from toolkit.convert.ort_mobile import convert_to_ort
+    converted = convert_to_ort({"q": result.path, "f": src}, tmp_path / "ort")
+    ratio = converted.files["q"].stat().st_size / converted.files["f"].stat().st_size
+    sqnr = tensor_figures(OrtRunner(src).infer(feeds)[output], OrtRunner(converted.files["q"]).infer(feeds)[output])
+    return ratio, converted.config.read_text(), sqnr["sqnr_db"]
+
+
+def test_ort_int8_weights_of_convolutions_dequantize_to_float_compute(convgemm_onnx, tmp_path):
+    src = convgemm_onnx
+    result = quantize_onnx(src, tmp_path / "w8.onnx", "int8-weights")
+    dequantize, stored, scales = _weights_behind_dequantize(result)
     assert result.settings["dequantized_weights"] == 3 and len(dequantize) == 3
     assert "MatMulInteger" in result.operators  # the Gemm, rewritten by quantize_dynamic
-    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT8 for n in dequantize)
-    scales = sorted(tuple(inits[n.input[1]].dims) for n in dequantize)
+    assert all(w.data_type == onnx.TensorProto.INT8 for w in stored)
     assert scales == [(64,), (128,), (128,)]  # per output channel; ConvTranspose's is its axis 1
-    assert not any(n.op_type in ("ConvInteger", "QLinearConv") for n in model.graph.node)  # float compute
+    assert not {"ConvInteger", "QLinearConv"} & set(result.operators)  # float compute
     assert result.size_bytes < 0.4 * result.source_bytes
     evaluation = _feeds((1, 3, 16, 16), 3, 4)
     assert _measure(src, result.path, evaluation)["figures"]["sqnr_db"] > 35
     # ONNX Runtime's converter keeps the DequantizeLinear (it does not fold the weights back to float)
-    converted = convert_to_ort({"q": result.path, "f": src}, tmp_path / "ort")
-    assert converted.files["q"].stat().st_size < 0.4 * converted.files["f"].stat().st_size
-    assert "DequantizeLinear" in converted.config.read_text()
-    assert tensor_figures(OrtRunner(src).infer(evaluation[0])["y"],
-                          OrtRunner(converted.files["q"]).infer(evaluation[0])["y"])["sqnr_db"] > 35
+    ratio, config, sqnr = _as_ort(src, result, tmp_path, "y", evaluation[0])
+    assert ratio < 0.4 and "DequantizeLinear" in config and sqnr > 35
 
 
 def test_ort_int16_weights_of_every_weighted_layer_halve_the_file_near_lossless(convgemm_onnx, tmp_path):
-    from toolkit.convert.ort_mobile import convert_to_ort
     src = convgemm_onnx  # opset 17: ONNX's DequantizeLinear has no int16 before 21, com.microsoft's has
     result = quantize_onnx(src, tmp_path / "w16.onnx", "int16-weights")
-    model = onnx.load(str(result.path))
-    inits = {i.name: i for i in model.graph.initializer}
-    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    dequantize, stored, scales = _weights_behind_dequantize(result)
     assert result.settings["dequantized_weights"] == 4 and len(dequantize) == 4  # 3 convolutions + the Gemm
     assert all(n.domain == "com.microsoft" for n in dequantize)
-    assert all(inits[n.input[0]].data_type == onnx.TensorProto.INT16 for n in dequantize)
-    assert sorted(tuple(inits[n.input[1]].dims) for n in dequantize) == [(32,), (64,), (128,), (128,)]
+    assert all(w.data_type == onnx.TensorProto.INT16 for w in stored)
+    assert scales == [(32,), (64,), (128,), (128,)]
     assert {"Conv", "ConvTranspose", "Gemm"} <= set(result.operators)  # float compute
     assert 0.45 * result.source_bytes < result.size_bytes < 0.55 * result.source_bytes
     evaluation = _feeds((1, 3, 16, 16), 3, 4)
     # 16-bit per-channel rounding is about 2**-16 of each channel's range: ~90 dB measured
     assert _measure(src, result.path, evaluation)["figures"]["sqnr_db"] > 70
-    converted = convert_to_ort({"q": result.path, "f": src}, tmp_path / "ort")
     # kept behind the DequantizeLinear (folded back to float it would be the fp32 file's size; biases stay float)
-    assert converted.files["q"].stat().st_size < 0.6 * converted.files["f"].stat().st_size
-    assert "com.microsoft;1;DequantizeLinear" in converted.config.read_text()
-    assert tensor_figures(OrtRunner(src).infer(evaluation[0])["z"],
-                          OrtRunner(converted.files["q"]).infer(evaluation[0])["z"])["sqnr_db"] > 70
+    ratio, config, sqnr = _as_ort(src, result, tmp_path, "z", evaluation[0])
+    assert ratio < 0.6 and "com.microsoft;1;DequantizeLinear" in config and sqnr > 70
 
 
 def test_ort_mobile_conversion_of_a_quantized_graph(convnet_onnx, mlp_onnx, tmp_path):

@@ -38,7 +38,8 @@ kept_float, operators, seconds, size_bytes, source_bytes, notes; `to_dict()`; a 
 make a precision raises `QuantizeError`, which the ladder records as the reason to step down)
     `ort.quantize_onnx(src, dst, precision, settings, feeds, flavour="ort"|"tensorrt")`:
         int8 (static QDQ; TensorRT: symmetric int8 Q/DQ on Conv/MatMul/Gemm inputs), int8-weights
-        (dynamic), int4-weights (MatMulNBits), fp16, fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
+        (dynamic), int16-weights (int16 weights behind DequantizeLinear), int4-weights (MatMulNBits), fp16,
+        fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
     `coreml.quantize_coreml(graph, inputs, outputs, example, dst, precision, settings, feeds)`:
         int8 (W8A8 LinearQuantizer), int8-weights, palette6, palette4, fp16, fp32; the result's
         `.simulation` is the PyTorch module the gate measures on Linux. `coreml.simulate(graph,
