@@ -831,3 +831,29 @@ def test_a_quantized_graph_is_run_on_the_evaluation_feeds_in_the_quantizer_proce
     with pytest.raises(QuantizeError, match="RuntimeError|INVALID_ARGUMENT|Fail"):  # a feed the graph cannot take
         quantize_onnx(convnet_onnx, tmp_path / "b.onnx", "int8", QuantSettings(),
                       lambda: iter(_feeds((1, 3, 16, 16), 2, 0)), runs_on=[{"x": np.zeros((1, 5), np.float32)}])
+
+
+def test_the_gate_runs_the_fp32_reference_once_per_component(convnet_onnx, tmp_path):
+    """Every rung of a ladder, and the verification of the chosen file, compare with the reference outputs
+    computed on the first measurement (the PyTorch reference per rung cost ~2 min of the android build)."""
+    from toolkit.quantize.session import Calibration
+    evaluation = _feeds((1, 3, 16, 16), 3, 5)
+    calibration = Calibration(QuantSettings(samples=3), ["convnet"], None, work=tmp_path / "work")
+    store = FeedStore(tmp_path / "evaluation")
+    for index, feed in enumerate(evaluation):
+        store.add("convnet", index, feed)
+    calibration._stores["evaluation"] = store  # as recorded by the fp32 pipelines (which a tiny graph has not)
+
+    class Counting(OrtRunner):
+        calls = 0
+
+        def infer(self, feeds):
+            Counting.calls += 1
+            return super().infer(feeds)
+    reference = Counting(convnet_onnx)
+    quantized = quantize_onnx(convnet_onnx, tmp_path / "w8.onnx", "int8-weights")
+    first = calibration.alone("convnet", reference, OrtRunner(quantized.path))
+    again = calibration.alone("convnet", reference, OrtRunner(convnet_onnx))
+    assert Counting.calls == 3 and first["samples"] == again["samples"] == 3
+    assert first["figures"] == _measure(convnet_onnx, quantized.path, evaluation)["figures"]
+    assert again["figures"]["max_abs"] == 0.0  # the fp32 graph against its own stored outputs

@@ -25,13 +25,19 @@ def measure_component(reference: Runner, candidate: Runner, feeds: Iterable[Mapp
                       masks: Iterable[str] = (), margin: float = MASK_MARGIN) -> dict:
     """{"figures": worst over outputs and samples (gate input), "outputs": {name: worst over
     samples}, "samples": n}. Feeds are streamed: one sample's outputs in memory at a time."""
+    pairs = ((sample, reference.infer(dict(sample))) for sample in feeds)
+    return measure_against(pairs, candidate, reference.output_names, masks, margin)
+
+
+def measure_against(pairs: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]], candidate: Runner,
+                    output_names: Iterable[str], masks: Iterable[str] = (), margin: float = MASK_MARGIN) -> dict:
+    """`measure_component` with the reference's outputs given: (feeds, reference outputs) per sample."""
     masks = set(masks)
     per_output: dict[str, list[dict]] = {}
     n = 0
-    for sample in feeds:
-        ref = reference.infer(dict(sample))
+    for sample, ref in pairs:
         got = candidate.infer(dict(sample))
-        for name in reference.output_names:
+        for name in output_names:
             per_output.setdefault(name, []).append(tensor_figures(ref[name], got[name], name in masks, margin))
         n += 1
     if not n:

@@ -8,7 +8,10 @@ once and lazily by the fp32 pipelines a bundle runs, then the gate's two measure
   quantized components run (the detector for detector components, the tracker for the others), on
   `samples` images / max(2, samples) clip frames. The evaluation run's fp32 outputs (detections,
   per-frame mask logits) are kept: they are the end-to-end reference.
-- `alone(name, reference, candidate)`: (a) of the gate on the evaluation feeds.
+- `alone(name, reference, candidate)`: (a) of the gate on the evaluation feeds. The fp32 reference's
+  outputs are computed once per component and kept beside the feeds (`work/reference/`): every rung of
+  a ladder and the verification of the chosen file compare with the same numbers. (Re-running the
+  PyTorch reference per rung cost about two minutes of the full-size android build.)
 - `end_to_end(candidates)`: (b) of the gate: the pipelines with these component runners (the others
   fp32 PyTorch) against the fp32 run.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from ..runners import Runner
 from .calibration import CalibrationSet
-from .evaluate import DETECTOR_FIGURES, detector_figures, measure_component
+from .evaluate import DETECTOR_FIGURES, detector_figures, measure_against
 from .feeds import (
     CANDIDATE_OBJECTS,
     MAX_OBJECTS,
@@ -147,9 +150,15 @@ class Calibration:
 
     # --- the gate's measurements -------------------------------------------------------------------
     def alone(self, name: str, reference: Runner, candidate: Runner, masks: Iterable[str] = ()) -> dict:
-        """(a): the candidate against the fp32 reference on the evaluation feeds of `name`."""
+        """(a): the candidate against the fp32 reference on the evaluation feeds of `name`. `reference` is
+        the component's fp32 reference (every caller's): its outputs are computed on the first call only."""
         margin = self.settings.for_component(name).mask_margin
-        return measure_component(reference, candidate, self.feeds("evaluation", name)(), masks, margin)
+        feeds, outputs = self.feeds("evaluation", name), FeedStore(self.work / "reference")
+        if not outputs.count(name):  # one sample in memory at a time, as the feeds
+            for index, sample in enumerate(feeds()):
+                outputs.add(name, index, reference.infer(dict(sample)))
+        return measure_against(zip(feeds(), outputs.iter(name), strict=True), candidate, reference.output_names,
+                               masks, margin)
 
     def end_to_end(self, candidates: Mapping[str, Runner]) -> dict:
         """(b): the pipelines reaching `candidates`, with them in place of the fp32 components, against
