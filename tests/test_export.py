@@ -20,14 +20,16 @@ import torch
 from conftest import with_make
 
 from toolkit import cli
-from toolkit.components.registry import COMPONENTS, UNUSED, build_graph, load_models
+from toolkit.components.registry import COMPONENTS, GRID, UNUSED, build_graph, load_models
 from toolkit.components.spec import DIMS, evaluate
 from toolkit.convert import cache
 from toolkit.convert.onnx_export import export_onnx
+from toolkit.deploy.build import default_cache_dir
 from toolkit.deploy.export import FORMATS, REPORT_NAME, run_export
 from toolkit.model.tracker import TrackerModules
 from toolkit.runners.ort_runner import OrtRunner
 from toolkit.runners.ptl_runner import PtlRunner
+from toolkit.verify.bundle import weights_digest
 from toolkit.verify.compare import cases, compare, run_cases
 
 ISSUE_COMPONENTS = {
@@ -134,8 +136,10 @@ def state():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, state):
-    out = tmp_path_factory.mktemp("export")
+def exported(state):
+    """Every component in both formats, in the toolkit's default export cache: the ONNX exports the
+    session's cpu bundle made (conftest.cpu_bundle) are cache hits, verified when they were made."""
+    out = default_cache_dir(weights_digest(state))
     report = run_export(out, state, "embedded default")
     return out, report
 
@@ -172,26 +176,31 @@ def test_onnx_artifacts_are_checked_and_keep_dynamic_axes(exported):
                 assert isinstance(shape[axis], str), f"{comp.name}.{spec.name} axis {axis} ({dim}) is static"
 
 
-def _initializer_bytes(path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-
-
 @pytest.mark.full
 def test_no_graph_grows_when_onnx_runtime_folds_its_constants(exported, tmp_path):
     """quant_pre_process and the .ort conversion store ONNX Runtime's optimised graph, folded constants
     included, without a size limit: a constant subgraph left in an export (the fusion decoder's first-layer
-    box bias, 31.8 MiB; RoPE tables gathered by a constant index, 2.5 MiB a copy) lands in the bundle."""
+    box bias, 31.8 MiB; RoPE tables gathered by a constant index, 2.5 MiB a copy) lands in the bundle. One
+    folded 72x72 position encoding per graph is by design (5 MiB: constants that are the same for every
+    frame live in the graph that uses them, see toolkit/components/registry.py)."""
     out, _ = exported
+    encoding_bytes = 4 * 256 * GRID * GRID
+
+    def initializers(path):
+        return {t.name: t for t in onnx.load(str(path)).graph.initializer}
     grown = {}
     for name in COMPONENTS:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # includes constant folding
         options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
         ort.InferenceSession(str(out / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
-        before, after = _initializer_bytes(out / f"{name}.onnx"), _initializer_bytes(tmp_path / f"{name}.onnx")
-        if after > before + (1 << 20):
-            grown[name] = f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB"
+        before, after = initializers(out / f"{name}.onnx"), initializers(tmp_path / f"{name}.onnx")
+        growth = sum(onnx.numpy_helper.to_array(t).nbytes for t in after.values()) - \
+            sum(onnx.numpy_helper.to_array(t).nbytes for t in before.values())
+        if any(tuple(t.dims) == (1, 256, GRID, GRID) for n, t in after.items() if n not in before):
+            growth -= encoding_bytes
+        if growth > (1 << 18):
+            grown[name] = f"+{growth / 2**20:.1f} MiB"
     assert not grown, grown
 
 

@@ -234,7 +234,8 @@ def test_torchless_runtime_reproduces_track_on_the_golden_clip(torchless_python,
 
 @pytest.mark.full
 @needs_golden
-def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, tmp_path, monkeypatch, capsys):
+def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, small_cpu_bundle, tmp_path, monkeypatch,
+                                                            capsys):
     """`toolkit run` goes through toolkit.runtime (the PyTorch pipelines are not called), writes what
     `toolkit segment` writes, keeps `--save-intermediates`, and a runtime error is one line, exit 2."""
     from toolkit.cli import main
@@ -251,14 +252,8 @@ def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, tmp_path
     assert len(objects) == 3 and (out / "overlay.png").is_file() and (out / "mask_002.png").is_file()
     assert {"00_preprocess", "07_fusion_encoder", "12_postprocess"} <= {p.stem for p in dump.glob("*.npz")}
     # an error of the runtime itself (here: a partial bundle without the tracker) is one line, exit 2
-    from toolkit.checkpoint.weights import LABEL, synthetic_state_dict
-    from toolkit.deploy.build import run_build
-    from toolkit.deploy.targets import find_target
-    small = tmp_path / "small"
-    run_build(find_target("cpu"), small, synthetic_state_dict(), LABEL, True,
-              components=["object_pointer", "prompt_encoder"], golden=False)
     capsys.readouterr()
-    assert main(["run", str(small), "--frames", str(golden_path("inputs", "tracker_frames")), "--point", "312,180",
+    assert main(["run", str(small_cpu_bundle), "--frames", str(golden_path("inputs", "tracker_frames")), "--point", "312,180",
                  "--out", str(tmp_path / "t")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[toolkit]")]
     assert len(errors) == 1 and "lacks vision_encoder" in errors[0]
