@@ -253,7 +253,7 @@ def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, small_cp
     assert {"00_preprocess", "07_fusion_encoder", "12_postprocess"} <= {p.stem for p in dump.glob("*.npz")}
     # an error of the runtime itself (here: a partial bundle without the tracker) is one line, exit 2
     capsys.readouterr()
-    assert main(["run", str(small_cpu_bundle), "--frames", str(golden_path("inputs", "tracker_frames")), "--point", "312,180",
-                 "--out", str(tmp_path / "t")]) == 2
+    assert main(["run", str(small_cpu_bundle), "--frames", str(golden_path("inputs", "tracker_frames")),
+                 "--point", "312,180", "--out", str(tmp_path / "t")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[toolkit]")]
     assert len(errors) == 1 and "lacks vision_encoder" in errors[0]

@@ -452,7 +452,8 @@ def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], pe
             scale = np.array(np.abs(array).max() / limit, dtype=np.float32)
             shaped = scale
         else:
-            scale = (np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).max(1) / limit).astype(np.float32)
+            peaks = np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).max(1)
+            scale = (peaks / limit).astype(np.float32)
             shaped = scale.reshape([-1 if d == axis else 1 for d in range(array.ndim)])
         scale[scale == 0] = 1.0  # an all-zero channel: any scale represents it exactly
         quantized = np.clip(np.rint(array / shaped), -limit, limit).astype(dtype)

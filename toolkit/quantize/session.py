@@ -155,8 +155,12 @@ class Calibration:
         margin = self.settings.for_component(name).mask_margin
         feeds, outputs = self.feeds("evaluation", name), FeedStore(self.work / "reference")
         if not outputs.count(name):  # one sample in memory at a time, as the feeds
+            partial = FeedStore(self.work / "reference.partial")  # a failed reference run leaves no half store
+            shutil.rmtree(partial.root / name, ignore_errors=True)
             for index, sample in enumerate(feeds()):
-                outputs.add(name, index, reference.infer(dict(sample)))
+                partial.add(name, index, reference.infer(dict(sample)))
+            outputs.root.mkdir(parents=True, exist_ok=True)
+            (partial.root / name).rename(outputs.root / name)
         return measure_against(zip(feeds(), outputs.iter(name), strict=True), candidate, reference.output_names,
                                masks, margin)
 
