@@ -311,13 +311,14 @@ def test_settings_from_a_target_table():
                             ({"gate": {"min_sqnr": 3}}, "unknown key 'min_sqnr'"),
                             ({"gate": {"min_sqnr_db": "high"}}, "expected a number"),
                             ({"samples": 0}, "positive integer"), ({"block_size": 100}, "power of two"),
+                            ({"mixed_headroom_db": -1}, "mixed_headroom_db = -1: expected >= 0"),
                             ({"components": {"x": {"samples": -1}}}, "positive integer")):
         with pytest.raises(ToolkitError, match=expected.replace("(", r"\(").replace("[", r"\[")):
             QuantSettings.from_dict(table)
 
 
 def test_ladders_are_data():
-    assert ladder("ort", "int8") == ["int8", "int8-weights", "int16-weights", "fp32"]
+    assert ladder("ort", "int8") == ["int8", "int8-weights", "mixed-weights", "int16-weights", "fp32"]
     assert ladder("tensorrt", "int8") == ["int8", "fp16", "fp32"]
     assert ladder("coreml", "palette4") == ["palette4", "palette6", "int8-weights", "fp16", "fp32"]
     assert ladder("ptl", "int8") == ["int8", "int8-weights", "fp32"]
@@ -337,11 +338,12 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
     strict = Gate(min_sqnr_db=200.0)  # only an exact copy passes
     result = choose_precision("convnet", "ort", "int8", attempt, strict)
     assert result.chosen == "fp32"
-    assert [r.precision for r in result.rungs] == ["int8", "int8-weights", "int16-weights", "fp32"]
+    assert [r.precision for r in result.rungs] == ["int8", "int8-weights", "mixed-weights", "int16-weights", "fp32"]
     assert not result.rungs[0].passed and "(min_sqnr_db)" in result.rungs[0].failures[0]
     assert result.rungs[0].figures["sqnr_db"] < 200
-    # int8-weights (dynamic, on the token MLP's Gemms) and int16-weights cannot be exact either
-    assert len(result.steps) == 3 and result.steps[0].startswith("convnet: int8 -> int8-weights: sqnr_db ")
+    # int8-weights (dynamic, on the token MLP's Gemms), mixed-weights and int16-weights cannot be exact either
+    assert len(result.steps) == 4 and result.steps[0].startswith("convnet: int8 -> int8-weights: sqnr_db ")
+    assert result.steps[2].startswith("convnet: mixed-weights -> int16-weights: sqnr_db ")
     assert result.to_dict()["chosen"] == "fp32" and result.to_dict()["rungs"][0]["figures"]
 
     reachable = Gate(min_sqnr_db=20.0, min_cosine=0.99)
@@ -359,11 +361,12 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
                           output_names=["y"], dynamo=False, opset_version=17)
 
     def weights_only(precision):
-        result = quantize_onnx(path, tmp_path / f"c-{precision}.onnx", precision)
+        result = quantize_onnx(path, tmp_path / f"c-{precision}.onnx", precision, feeds=_feeds((1, 3, 8, 8), 1, 0))
         return result, {"sqnr_db": 300.0}
     down = choose_precision("plain", "ort", "int8-weights", weights_only, reachable)
     assert down.chosen == "fp32" and "with constant weights: weight-only int8 would change nothing" in down.steps[0]
-    assert "16-bit weights would change nothing" in down.steps[1]
+    assert "mixed weights would change nothing" in down.steps[1]
+    assert "16-bit weights would change nothing" in down.steps[2]
 
 
 def test_settle_end_to_end_steps_the_most_sensitive_component():
@@ -615,6 +618,57 @@ def test_ort_int16_weights_of_every_weighted_layer_halve_the_file_near_lossless(
     # kept behind the DequantizeLinear (folded back to float it would be the fp32 file's size; biases stay float)
     ratio, config, sqnr = _as_ort(src, result, tmp_path, "z", evaluation[0])
     assert ratio < 0.6 and "com.microsoft;1;DequantizeLinear" in config and sqnr > 70
+
+
+class Sensitive(nn.Module):
+    """Three convolutions whose int8 rounding matters unequally: the largest (`faint`, 1600 weights)
+    adds a thousandth of its output to the result, so its rounding is about 60 dB below the others'."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 3, padding=1)  # 216 weights
+        self.second = nn.Conv2d(8, 8, 3, padding=1)  # 576
+        self.faint = nn.Conv2d(8, 8, 5, padding=2)  # 1600
+
+    def forward(self, x):
+        h = torch.relu(self.first(x))
+        return self.second(h) + 1e-3 * self.faint(h)
+
+
+@pytest.fixture(scope="module")
+def sensitive_onnx(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("onnx") / "sensitive.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Sensitive().eval(), (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
+                          output_names=["y"], dynamo=False, opset_version=17)
+    return path
+
+
+def test_ort_mixed_weights_store_int8_where_the_outputs_tolerate_it(sensitive_onnx, tmp_path):
+    calibration, evaluation = _feeds((1, 3, 16, 16), 3, 5), _feeds((1, 3, 16, 16), 2, 6)
+    # each weight alone at int8 leaves about 40-50 dB (`faint`: about 100); every one at int16 about 90:
+    # a 60 dB target can only be met by `faint` at int8 and the two others at int16
+    settings = QuantSettings(gate=Gate(min_sqnr_db=54.0), mixed_headroom_db=6.0)
+    result = quantize_onnx(sensitive_onnx, tmp_path / "mixed.onnx", "mixed-weights", settings, calibration)
+    dequantize, stored, _ = _weights_behind_dequantize(result)
+    widths = {n.output[0]: w.data_type for n, w in zip(dequantize, stored)}
+    assert widths == {"faint.weight": onnx.TensorProto.INT8, "first.weight": onnx.TensorProto.INT16,
+                      "second.weight": onnx.TensorProto.INT16}
+    used = result.settings
+    assert (used["int8_weights"], used["int16_weights"], used["target_sqnr_db"]) == (1, 2, 60.0)
+    assert used["int8_parameter_share"] == round(1600 / 2392, 4) and used["calibration_sqnr_db"] >= 60
+    assert _measure(sensitive_onnx, result.path, evaluation)["figures"]["sqnr_db"] > 60  # held-out feeds
+    # a low target takes every weight to int8; one no weight meets is a reason to step down the ladder
+    low = quantize_onnx(sensitive_onnx, tmp_path / "low.onnx", "mixed-weights", QuantSettings(), calibration)
+    assert low.settings["int8_weights"] == 3
+    with pytest.raises(QuantizeError, match="no weight can be int8"):
+        quantize_onnx(sensitive_onnx, tmp_path / "high.onnx", "mixed-weights",
+                      QuantSettings(gate=Gate(min_sqnr_db=150.0)), calibration)
+    with pytest.raises(QuantizeError, match="needs calibration feeds"):
+        quantize_onnx(sensitive_onnx, tmp_path / "none.onnx", "mixed-weights")
+    assert not (tmp_path / "high.onnx").exists()
 
 
 def test_ort_mobile_conversion_of_a_quantized_graph(convnet_onnx, mlp_onnx, tmp_path):

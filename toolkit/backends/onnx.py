@@ -28,8 +28,9 @@ def ort_runtime(what: str = "") -> str:
 
 BACKEND = base.Backend(
     name="onnx", description="ONNX (.onnx) for ONNX Runtime", suffix=".onnx",
-    precisions=("fp32", "int8", "int8-weights", "int16-weights", "int4-weights", "fp16"),
-    ladder={"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "int16-weights",
+    precisions=("fp32", "int8", "int8-weights", "mixed-weights", "int16-weights", "int4-weights", "fp16"),
+    ladder={"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "mixed-weights",
+            "mixed-weights": "int16-weights",
             "int16-weights": "fp32", "fp16": "fp32"},
     settings={}, export_from="onnx", stages=(base.export, quantize, base.copy, base.verify), packages=("onnxruntime",),
     open_runner=ort_session, runtime=ort_runtime,

@@ -63,8 +63,9 @@ BACKEND = base.Backend(
     name="ort", description="ONNX Runtime Mobile format (.ort) + required_operators.config for a reduced-operator "
                             "build", suffix=".ort", settings=SETTINGS,
     # no fp16: ONNX Runtime Mobile's CPU kernels compute fp16 graphs slower than fp32 (Casts around most ops)
-    precisions=("fp32", "int8", "int8-weights", "int16-weights", "int4-weights"),
-    ladder={"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "int16-weights",
+    precisions=("fp32", "int8", "int8-weights", "mixed-weights", "int16-weights", "int4-weights"),
+    ladder={"int8": "int8-weights", "int4-weights": "int8-weights", "int8-weights": "mixed-weights",
+            "mixed-weights": "int16-weights",
             "int16-weights": "fp32"}, export_from="onnx",
     stages=(base.export, quantize, convert, base.verify), packages=("onnxruntime",), open_runner=ort_session,
     runtime=lambda: ort_runtime(" (.ort)"),

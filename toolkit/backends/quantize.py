@@ -42,6 +42,8 @@ from pathlib import Path
 from ..components.registry import COMPONENTS, weights
 from . import base
 
+CALIBRATED = ("int8", "mixed-weights")  # made from the calibration feeds (activation ranges; which weights go int8)
+
 
 def unquantized(backend: base.Backend) -> tuple[str, ...]:
     """Precisions the format makes without a quantization stage: fp32 (the export), and its default
@@ -84,6 +86,8 @@ def _key(job, name: str, precision: str, flavour: str) -> str:
         source_key = json.loads(cache.record_path(source).read_text())["key"]
     settings = job.target.quantization.for_component(name).to_dict()
     settings.pop("gate")  # see Calibration.digest
+    if precision == "mixed-weights":  # its choice depends on the gate's SQNR floor
+        settings["mixed_target_db"] = job.target.quantization.for_component(name).mixed_target_db
     code = {}
     if flavour in _CODE:
         code["code"] = cache.file_sha256(Path(__file__).resolve().parents[1] / "quantize" / _CODE[flavour])
@@ -119,8 +123,9 @@ class _Rungs(ABC):
         return self.made[precision], self.made[precision]["alone"]["figures"]
 
     def calibration_feeds(self, precision: str):
-        """The recorded calibration feeds (a fresh stream per call) where the precision calibrates activations."""
-        return self.job.calibration.feeds("calibration", self.comp.name) if precision == "int8" else None
+        """The recorded calibration feeds (a fresh stream per call) where the precision is chosen on them:
+        int8 calibrates its activations, mixed-weights picks its int8 weights."""
+        return self.job.calibration.feeds("calibration", self.comp.name) if precision in CALIBRATED else None
 
     def runner(self, precision: str):
         """The runner of `precision`'s rung for the end-to-end pipelines (None: fp32 / not made)."""

@@ -12,8 +12,8 @@ where results go (bundle manifest). Its API, by step:
 
 **Settings and gate** (`gate`)
     `QuantSettings.from_dict(target["quantization"])` (method, per_channel, activation type and
-    symmetry, keep_float, samples, block_size, mask_margin, `.gate`, per-component overrides via
-    `.for_component(name)`; `.to_dict()` for the digest and the manifest).
+    symmetry, keep_float, samples, block_size, mask_margin, mixed_headroom_db, `.gate`, per-component
+    overrides via `.for_component(name)`; `.to_dict()` for the digest and the manifest).
     `Gate.from_dict(...)`, `Gate.check(figures) -> [reasons]`.
     `PRECISIONS`, `LADDERS[format]` (next rung per precision), `FORMAT_PRECISIONS`,
     `ladder(format, requested) -> [rungs]`.
@@ -38,8 +38,8 @@ kept_float, operators, seconds, size_bytes, source_bytes, notes; `to_dict()`; a 
 make a precision raises `QuantizeError`, which the ladder records as the reason to step down)
     `ort.quantize_onnx(src, dst, precision, settings, feeds, flavour="ort"|"tensorrt")`:
         int8 (static QDQ; TensorRT: symmetric int8 Q/DQ on Conv/MatMul/Gemm inputs), int8-weights
-        (dynamic), int16-weights (int16 weights behind DequantizeLinear), int4-weights (MatMulNBits), fp16,
-        fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
+        (dynamic), mixed-weights (int8 / int16 weights behind DequantizeLinear, the int8 ones chosen on
+        the calibration feeds), int16-weights, int4-weights (MatMulNBits), fp16, fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
     `coreml.quantize_coreml(graph, inputs, outputs, example, dst, precision, settings, feeds)`:
         int8 (W8A8 LinearQuantizer), int8-weights, palette6, palette4, fp16, fp32; the result's
         `.simulation` is the PyTorch module the gate measures on Linux. `coreml.simulate(graph,

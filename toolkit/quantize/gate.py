@@ -12,6 +12,7 @@ A target file's `[quantization]` table (parsed by `QuantSettings.from_dict`):
     keep_float = ["Softmax"]     # operator types left in float (not quantized)
     samples = 8                  # calibration samples (image + prompt runs; frames for the tracker)
     block_size = 128             # 4-bit weight blocks (MatMulNBits)
+    mixed_headroom_db = 6.0      # mixed-weights: chosen on the calibration part for min_sqnr_db + this
     [quantization.gate]          # thresholds; a figure a component does not have is not applicable
     min_sqnr_db = 20.0
     min_cosine = 0.99
@@ -19,7 +20,8 @@ A target file's `[quantization]` table (parsed by `QuantSettings.from_dict`):
     [quantization.components.text_encoder]   # per-component overrides of the keys above
     keep_float = ["Gather"]
 
-Per component the target says `precision = "int8" | "int8-weights" | "int16-weights" | "int4-weights" |
+Per component the target says `precision = "int8" | "int8-weights" | "mixed-weights" | "int16-weights" |
+"int4-weights" |
 "palette4" | "palette6" | "fp16" | "fp32"`, as the format allows (`FORMAT_PRECISIONS`). A precision that fails
 the gate steps down its format's ladder (`LADDERS`) until one passes; fp32 is the floor of every
 format and is not gated (its parity is the export verification's job).
@@ -36,6 +38,8 @@ from ..errors import ToolkitError
 PRECISIONS = {
     "int8": "int8 weights and activations (static, calibrated)",
     "int8-weights": "int8 weights, float activations (dynamic / weight-only)",
+    "mixed-weights": "int8 weights where the outputs tolerate them (chosen on the calibration part), int16 "
+                     "elsewhere; float compute",
     "int16-weights": "int16 weights (per channel), float compute: half of fp32's size, near-lossless",
     "int4-weights": "4-bit block-quantized weights (ONNX Runtime MatMulNBits), float activations",
     "palette6": "6-bit k-means palettized weights (Core ML)",
@@ -139,6 +143,7 @@ class QuantSettings:
     samples: int = 8
     block_size: int = 128
     mask_margin: float = 0.5
+    mixed_headroom_db: float = 6.0
     gate: Gate = field(default_factory=Gate)
     components: Mapping[str, Mapping] = field(default_factory=dict)
 
@@ -201,12 +206,20 @@ class QuantSettings:
                 if not 50.0 < number <= 100.0:
                     _bad(where, f"percentile = {value}: expected a number in (50, 100]")
                 out[key] = number
-            elif key == "mask_margin":
+            elif key in ("mask_margin", "mixed_headroom_db"):
                 number = _number(where, key, value)
                 if number < 0:
-                    _bad(where, f"mask_margin = {value}: expected >= 0")
+                    _bad(where, f"{key} = {value}: expected >= 0")
                 out[key] = number
         return out
+
+    @property
+    def mixed_target_db(self) -> float:
+        """The output SQNR mixed-weights keeps on the calibration part: the gate's floor plus headroom, so
+        that the gate, measured on the evaluation part the choice never saw, passes with room to spare
+        (another CPU's rounding included)."""
+        floor = self.gate.min_sqnr_db if self.gate.min_sqnr_db is not None else Gate().min_sqnr_db
+        return floor + self.mixed_headroom_db
 
     def for_component(self, name: str) -> QuantSettings:
         """These settings with the component's overrides applied."""

@@ -30,6 +30,10 @@ float16 converter in onnxruntime.transformers).
   again; com.microsoft DequantizeLinear below opset 21, which has no int16 in the ONNX domain): half
   the file at about 90 dB per weight, the rung between int8 weights and fp32 for a component whose
   untrained stack amplifies int8 weight rounding (the vision encoder: 40.8 dB per tensor, 9.5 dB out).
+- **mixed-weights**: the same DequantizeLinear form with int8 on the largest weights the outputs
+  tolerate and int16 on the rest, chosen on the calibration feeds by bisection over the weights
+  ranked by size (`_mixed_weights`): most of int8-weights' saving for a component whose int8 rounding
+  is amplified by a few small early layers (the untrained vision encoder).
 - **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
   constant 2-D weight becomes com.microsoft MatMulNBits.
 - **fp16**: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
@@ -227,9 +231,10 @@ def _excluded(model_path: Path, keep_float: Iterable[str]) -> list[str]:
 
 def quantize_onnx(src: str | Path, dst: str | Path, precision: str, settings: QuantSettings | None = None,
                   feeds: FeedSource | None = None, flavour: str = "ort", runs_on: FeedSource | None = None) -> StageResult:
-    """Quantize the ONNX file `src` to `dst` at `precision` (int8 | int8-weights | int4-weights | fp16 |
-    fp32); `feeds` (an iterable of feed dicts, or a callable returning a fresh iterator: a
-    `FeedStore.iter` bound to the component) is needed for int8. `flavour` "tensorrt" makes the
+    """Quantize the ONNX file `src` to `dst` at `precision` (int8 | int8-weights | mixed-weights |
+    int16-weights | int4-weights | fp16 | fp32); `feeds` (an iterable of feed dicts, or a callable
+    returning a fresh iterator: a `FeedStore.iter` bound to the component) is needed for int8 and
+    mixed-weights. `flavour` "tensorrt" makes the
     int8 graph TensorRT's explicit-quantization form. Runs in a child process (`stage.isolated`):
     a native crash of the quantizer is a QuantizeError, not the end of the build. `runs_on`: feeds the
     result is run on there too, so that a graph that crashes ONNX Runtime (seen: the int8 geometry
@@ -266,6 +271,12 @@ def _quantize_onnx(src, dst, precision: str, settings: QuantSettings | None, fee
         if flavour == "tensorrt":
             raise QuantizeError("16-bit weights are not a TensorRT path here; use fp16")
         method, used = _wide_weights(src, dst, settings)
+    elif precision == "mixed-weights":
+        if flavour == "tensorrt":
+            raise QuantizeError("mixed int8 / int16 weights are not a TensorRT path here; use fp16")
+        if feeds is None:
+            raise QuantizeError("mixed-weights needs calibration feeds (it chooses its int8 weights on them)")
+        method, used = _mixed_weights(src, dst, settings, feeds, notes)
     elif precision == "int4-weights":
         if flavour == "tensorrt":
             raise QuantizeError("4-bit weights are not a TensorRT path here; use fp16")
@@ -418,34 +429,55 @@ def _weight_axis(node: onnx.NodeProto, ndim: int) -> int | None:
     return 1 if ndim == 2 else None  # MatMul: (in, out)
 
 
+def _dequantizable(model: onnx.ModelProto, op_types: Iterable[str]) -> list[tuple[str, onnx.NodeProto]]:
+    """(weight, node) for every constant weight (second input) of an `op_types` node that only such nodes
+    use, once each, in graph order: what weight-only quantization can store narrower."""
+    inits = {i.name for i in model.graph.initializer}
+    users: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type)
+    kinds, seen, out = set(op_types), set(), []
+    for node in model.graph.node:
+        weight = node.input[1] if node.op_type in kinds and len(node.input) > 1 else None
+        if weight in inits and users[weight] <= kinds and weight not in seen:
+            seen.add(weight)
+            out.append((weight, node))
+    return out
+
+
 def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool, bits: int) -> int:
-    """Constant weights of `op_types` nodes stored as symmetric int8 / int16 (`bits`) with a
-    DequantizeLinear in front: weight-only quantization with float compute. Written here because
-    onnxruntime's quantizers have no weight-only path for convolutions (quantize_dynamic turns a Conv
-    into ConvInteger, which quantizes the activations too; MatMulNBits is MatMul only) nor a 16-bit
-    one. Scales per output channel (`_weight_axis`). Returns how many weights were quantized."""
+    """`_dequantize_weights` from file to file, every weight at `bits`. Returns how many were quantized."""
     model = onnx.load(str(src))
+    count = _dequantize_weights(model, op_types, per_channel, bits)
+    onnx.save(model, str(dst))
+    return count
+
+
+def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_channel: bool,
+                        bits: int | Mapping[str, int]) -> int:
+    """Constant weights of `op_types` nodes stored as symmetric int8 / int16 with a DequantizeLinear in
+    front: weight-only quantization with float compute. `bits`: one width for every weight, or a width
+    per weight name (weights it does not name stay float). Written here because onnxruntime's
+    quantizers have no weight-only path for convolutions (quantize_dynamic turns a Conv into
+    ConvInteger, which quantizes the activations too; MatMulNBits is MatMul only) nor a 16-bit or
+    mixed-width one. Scales per output channel (`_weight_axis`). Edits `model`; returns how many
+    weights were quantized."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise QuantizeError("per-channel DequantizeLinear needs opset 13 or later")
-    dtype = {8: np.int8, 16: np.int16}[bits]
-    limit = np.iinfo(dtype).max  # symmetric: -limit..limit
-    domain = "com.microsoft" if bits == 16 and opset < 21 else ""  # ONNX DequantizeLinear has int16 from 21
-    if domain and not any(o.domain == domain for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, set[str]] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, set()).add(node.op_type)
-    kinds = set(op_types)
-    dequantize, done = [], set()
-    for node in graph.node:
-        weight = node.input[1] if node.op_type in kinds and len(node.input) > 1 else None
-        if weight not in inits or not users[weight] <= kinds or weight in done:
-            continue  # not a constant, shared with another kind of operator, or already done
-        done.add(weight)
+    dequantize = []
+    for weight, node in _dequantizable(model, op_types):
+        width = bits if isinstance(bits, int) else bits.get(weight)
+        if width is None:
+            continue
+        dtype = {8: np.int8, 16: np.int16}[width]
+        limit = np.iinfo(dtype).max  # symmetric: -limit..limit
+        domain = "com.microsoft" if width == 16 and opset < 21 else ""  # ONNX DequantizeLinear has int16 from 21
+        if domain and not any(o.domain == domain for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
         array = onnx.numpy_helper.to_array(inits[weight]).astype(np.float32)
         axis = _weight_axis(node, array.ndim) if per_channel else None
         if axis is None:
@@ -457,7 +489,7 @@ def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], pe
             shaped = scale.reshape([-1 if d == axis else 1 for d in range(array.ndim)])
         scale[scale == 0] = 1.0  # an all-zero channel: any scale represents it exactly
         quantized = np.clip(np.rint(array / shaped), -limit, limit).astype(dtype)
-        stored = f"{weight}_int{bits}"
+        stored = f"{weight}_int{width}"
         graph.initializer.remove(inits[weight])
         graph.initializer.extend([onnx.numpy_helper.from_array(quantized, stored),
                                   onnx.numpy_helper.from_array(scale, f"{weight}_scale"),
@@ -468,8 +500,80 @@ def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], pe
     nodes = dequantize + list(graph.node)  # constants first: the graph stays topologically sorted
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(dst))
     return len(dequantize)
+
+
+def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSource,
+                   notes: list[str]) -> tuple[str, dict]:
+    """int8 weights where the outputs tolerate them, int16 elsewhere, chosen on the calibration feeds.
+
+    Weights are ranked by size, largest first (ties: the later in the graph first, where less of
+    the network lies downstream to amplify the rounding), and the longest prefix of that ranking
+    stored int8 (the rest int16) whose worst output SQNR against the fp32 graph, over the calibration
+    samples, stays at or above `settings.mixed_target_db`, is found by bisection (about log2(weights)
+    runs; the error grows with the prefix, not strictly but closely enough for a search whose result
+    the gate then measures on the evaluation part, which the search never sees). Size first because
+    bytes are the point: in the vision encoder the largest few tensors (the neck's upsampling and
+    1x1 convolutions) hold two thirds of the weights and sit at the end of the network, while the
+    backbone's many small early layers are what turns int8 rounding into 9.5 dB (untrained weights)."""
+    import onnxruntime as ort
+    op_types = [t for t in WIDE_WEIGHT_OP_TYPES if t not in settings.keep_float]
+    model = onnx.load(str(src))
+    candidates = _dequantizable(model, op_types)
+    if not candidates:
+        raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: mixed weights would change nothing")
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    position = {w: i for i, (w, _) in enumerate(candidates)}
+    ranked = sorted(position, key=lambda w: (-sizes[w], -position[w]))
+    samples = [dict(s) for _, s in zip(range(settings.samples), feeds() if callable(feeds) else feeds)]
+    if not samples:
+        raise QuantizeError("the calibration feeds are empty")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+
+    def run(proto: onnx.ModelProto) -> list[list[np.ndarray]]:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return [session.run(None, {n: s[n] for n in names}) for s in samples]
+
+    from .metrics import sqnr_db
+    reference = run(model)
+    target = settings.mixed_target_db
+
+    def probe(narrow: int) -> tuple[onnx.ModelProto, float]:
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        _dequantize_weights(candidate, op_types, settings.per_channel,
+                            {w: 8 if i < narrow else 16 for i, w in enumerate(ranked)})
+        got = run(candidate)
+        worst = min(sqnr_db(r, g) for ref, out in zip(reference, got) for r, g in zip(ref, out)
+                    if np.issubdtype(r.dtype, np.floating))
+        return candidate, worst
+
+    low, high, best, probes = 0, len(ranked), None, 0
+    while low < high:  # invariant: a prefix of `low` passes (0: every weight int16), longer than `high` fails
+        mid = (low + high + 1) // 2
+        candidate, worst = probe(mid)
+        probes += 1
+        if worst >= target:
+            low, best = mid, (candidate, worst)
+        else:
+            high = mid - 1
+    if best is None:
+        raise QuantizeError(f"no weight can be int8: the largest alone leaves {worst:.1f} dB < {target:g} dB "
+                            "on the calibration part")
+    onnx.save(best[0], str(dst))
+    narrow_params = sum(sizes[w] for w in ranked[:low])
+    share = narrow_params / sum(sizes[w] for w in ranked)
+    notes.append(f"{low} of {len(ranked)} weights int8 ({share:.0%} of the parameters), the rest int16: "
+                 f"{best[1]:.1f} dB on {len(samples)} calibration samples (target {target:g} dB, {probes} probes)")
+    granularity = "per channel" if settings.per_channel else "per tensor"
+    return (f"mixed int8 / int16 weights {granularity} behind DequantizeLinear (float compute), int8 on the "
+            f"largest {low} of {len(ranked)} weights the calibration part tolerates"), {
+        "weight_types": ["int8", "int16"], "per_channel": settings.per_channel, "op_types_to_quantize": op_types,
+        "int8_weights": low, "int16_weights": len(ranked) - low, "int8_parameter_share": round(share, 4),
+        "target_sqnr_db": target, "calibration_sqnr_db": round(best[1], 2), "samples": len(samples),
+        "probes": probes}
 
 
 def _nbits(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
