@@ -22,11 +22,11 @@ float16 converter in onnxruntime.transformers).
   constant table dequantizes the rows it picks: the text encoder's 49408 x 512 token table is
   96.5 of its 241 MiB); Conv / ConvTranspose weights, which it would turn into ConvInteger
   (activations quantized too), become int8 behind a DequantizeLinear, computed in float
-  (`_weights_behind_dequantize`: a quarter of the file; ONNX Runtime keeps the DequantizeLinear
+  (`_dequantize_weights`: a quarter of the file; ONNX Runtime keeps the DequantizeLinear
   rather than folding it back to float). A graph without such weights is refused (nothing would be
   quantized).
 - **int16-weights**: every Conv / ConvTranspose / MatMul / Gemm constant weight stored as symmetric
-  int16 (per output channel) behind a DequantizeLinear, computed in float (`_weights_behind_dequantize`
+  int16 (per output channel) behind a DequantizeLinear, computed in float (`_dequantize_weights`
   again; com.microsoft DequantizeLinear below opset 21, which has no int16 in the ONNX domain): half
   the file at about 90 dB per weight, the rung between int8 weights and fp32 for a component whose
   untrained stack amplifies int8 weight rounding (the vision encoder: 40.8 dB per tensor, 9.5 dB out).
@@ -36,6 +36,9 @@ float16 converter in onnxruntime.transformers).
   is amplified by a few small early layers (the untrained vision encoder).
 - **int4-weights**: `MatMulNBitsQuantizer` (4-bit blocks, symmetric, `block_size`): MatMul with a
   constant 2-D weight becomes com.microsoft MatMulNBits.
+- In every quantized `ort`-flavour graph, float constants of 1 MiB or more that no weighted layer or
+  table lookup takes (position encodings, RoPE tables, folded from the export first: `_folded`) are
+  stored int16 behind a DequantizeLinear too (`_narrow_constants`).
 - **fp16**: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
   outputs kept (for GPU / NPU runtimes; ONNX Runtime's CPU provider computes most ops in fp32 and
   is slower on fp16 graphs: measured, see shared/docs/environment.md).
@@ -70,6 +73,7 @@ WEIGHT_OP_TYPES = ("MatMul", "Gemm")  # quantize_dynamic (it rewrites a Gemm as 
 DEQUANTIZED_OP_TYPES = ("Conv", "ConvTranspose")  # int8-weights stores their weights int8, float compute
 WIDE_WEIGHT_OP_TYPES = DEQUANTIZED_OP_TYPES + WEIGHT_OP_TYPES  # int16-weights: every weighted layer
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
+NARROW_CONSTANT_BYTES = 1 << 20  # float constants this large are stored int16 in quantized graphs (_narrow_constants)
 
 
 class _NoRankOneAxis(logging.Filter):
@@ -285,6 +289,12 @@ def _quantize_onnx(src, dst, precision: str, settings: QuantSettings | None, fee
         method, used = _fp16(src, dst, settings, notes)
     else:
         raise QuantizeError(f"precision {precision!r} is not an ONNX precision")
+    if flavour == "ort" and precision not in ("fp32", "fp16"):
+        count, saved = _narrow_constants(dst)
+        if count:
+            used["int16_constants"] = count
+            notes.append(f"{count} large float constants stored int16 behind DequantizeLinear "
+                         f"({saved / 2**20:.1f} MiB saved)")
     operators = op_counts(dst)
     if flavour == "tensorrt" and precision == "int8":
         summary = qdq_summary(dst)
@@ -399,15 +409,34 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
             parts.append(f"dynamic int8 on {'/'.join(op_types)} (activations quantized at run time)")
             used["op_types_to_quantize"] = op_types
         if convs:
-            count = _weights_behind_dequantize(dst if matmuls else pre, dst, conv_types, settings.per_channel, 8)
+            model = onnx.load(str(dst if matmuls else pre))
+            count = _dequantize_weights(model, conv_types, settings.per_channel, 8)
+            onnx.save(model, str(dst))
             parts.append(f"{count} {'/'.join(conv_types)} weights int8 behind DequantizeLinear (float compute)")
             used["dequantized_weights"] = count
     return f"int8 weights {granularity}: " + "; ".join(parts), used
 
 
+def _folded(src: Path, dst: Path) -> onnx.ModelProto:
+    """`src` with ONNX Runtime's basic (platform-independent) optimisations applied, constant folding
+    above all: what the .ort conversion and any ONNX Runtime session would compute at load anyway, done
+    here so that the folded constants (position encodings, RoPE tables) exist as initializers that
+    `_narrow_constants` can store narrower. Kept float they would reappear, full size, in the .ort."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(dst))
+
+
 def _wide_weights(src: Path, dst: Path, settings: QuantSettings) -> tuple[str, dict]:
     op_types = [t for t in WIDE_WEIGHT_OP_TYPES if t not in settings.keep_float]
-    count = _weights_behind_dequantize(src, dst, op_types, settings.per_channel, 16)
+    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
+        model = _folded(src, Path(tmp) / "folded.onnx")
+    count = _dequantize_weights(model, op_types, settings.per_channel, 16)
+    onnx.save(model, str(dst))
     if not count:
         raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: 16-bit weights would change nothing")
     granularity = "per channel" if settings.per_channel else "per tensor"
@@ -444,14 +473,6 @@ def _dequantizable(model: onnx.ModelProto, op_types: Iterable[str]) -> list[tupl
             seen.add(weight)
             out.append((weight, node))
     return out
-
-
-def _weights_behind_dequantize(src: Path, dst: Path, op_types: Iterable[str], per_channel: bool, bits: int) -> int:
-    """`_dequantize_weights` from file to file, every weight at `bits`. Returns how many were quantized."""
-    model = onnx.load(str(src))
-    count = _dequantize_weights(model, op_types, per_channel, bits)
-    onnx.save(model, str(dst))
-    return count
 
 
 def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_channel: bool,
@@ -503,6 +524,47 @@ def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_cha
     return len(dequantize)
 
 
+def _narrow_constants(path: Path) -> tuple[int, int]:
+    """Float constants of at least NARROW_CONSTANT_BYTES that no weighted layer or table lookup takes
+    (the folded position encodings and RoPE tables: 5 MiB each in the vision encoder, mask decoder and
+    memory attention) stored as int16 per tensor behind a DequantizeLinear (com.microsoft's below opset
+    21), in place: half their bytes at about 90 dB, dequantized per call (microseconds; ONNX Runtime does
+    not fold a DequantizeLinear back). Weights are the precision's business, and a table's
+    DequantizeLinear would expand the whole table every call. Returns (constants, bytes saved)."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    taken = {n.input[1] for n in graph.node if n.op_type in WIDE_WEIGHT_OP_TYPES and len(n.input) > 1} | \
+        {n.input[0] for n in graph.node if n.op_type in TABLE_OP_TYPES} | \
+        {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"} | {i.name for i in graph.input}
+    large = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.name not in taken
+             and 4 * int(np.prod(i.dims)) >= NARROW_CONSTANT_BYTES]
+    if not large:
+        return 0, 0
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    domain = "com.microsoft" if opset < 21 else ""
+    if domain and not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    dequantize, saved = [], 0
+    for init in large:
+        array = onnx.numpy_helper.to_array(init)
+        peak = float(np.abs(array).max())
+        scale = np.array(peak / 32767 if peak else 1.0, dtype=np.float32)
+        stored = np.clip(np.rint(array / scale), -32767, 32767).astype(np.int16)
+        name = init.name
+        graph.initializer.remove(init)
+        graph.initializer.extend([onnx.numpy_helper.from_array(stored, f"{name}_int16"),
+                                  onnx.numpy_helper.from_array(scale, f"{name}_scale"),
+                                  onnx.numpy_helper.from_array(np.array(0, dtype=np.int16), f"{name}_zero")])
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int16", f"{name}_scale", f"{name}_zero"],
+                                                [name], name=f"{name}_dequantize", domain=domain))
+        saved += 2 * array.size
+    nodes = dequantize + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return len(large), saved
+
+
 def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSource,
                    notes: list[str]) -> tuple[str, dict]:
     """int8 weights where the outputs tolerate them, int16 elsewhere, chosen on the calibration feeds.
@@ -518,7 +580,8 @@ def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSou
     backbone's many small early layers are what turns int8 rounding into 9.5 dB (untrained weights)."""
     import onnxruntime as ort
     op_types = [t for t in WIDE_WEIGHT_OP_TYPES if t not in settings.keep_float]
-    model = onnx.load(str(src))
+    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
+        model = _folded(src, Path(tmp) / "folded.onnx")
     candidates = _dequantizable(model, op_types)
     if not candidates:
         raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: mixed weights would change nothing")
