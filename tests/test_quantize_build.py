@@ -158,8 +158,10 @@ def test_a_gate_int8_cannot_meet_steps_down_the_ladder(int8_bundle, state, workd
     entry = open_bundle(tmp_path / "b").manifest["components"]["object_pointer"]
     q = entry["quantization"]
     assert entry["precision"] == "fp32" and q["chosen"] == "fp32"
-    assert [r["precision"] for r in q["rungs"]] == ["int8", "int8-weights", "int16-weights", "fp32"]
+    assert [r["precision"] for r in q["rungs"]] == ["int8", "int8-weights", "mixed-weights", "int16-weights", "fp32"]
     assert "min_sqnr_db" in q["steps"][0] and q["steps"][0].startswith("object_pointer: int8 -> int8-weights")
+    # mixed-weights aims at the gate's floor plus headroom on the calibration part: 306 dB is out of reach
+    assert "no weight can be int8" in q["steps"][2]
     assert entry["verification"]["status"] == "passed" and entry["verification"].get("max_rel_error") is not None
     assert any(m.startswith("gate: object_pointer: int8 -> int8-weights") for m in messages)
     # the int8 artifact came from the cache of the first build (the gate is not in the key)
