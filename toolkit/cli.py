@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", metavar="DIR", help="export cache (default: ~/.cache/esam3-toolkit/export/<weights>)")
     s.add_argument("--archive", action="store_true", help="also write DIR.tar.gz")
     # spelled out (toolkit.quantize.gate.PRECISIONS imports torch; --help stays fast); a test keeps them equal
-    s.add_argument("--precision", choices=["int8", "int8-weights", "mixed-weights", "int16-weights", "int4-weights", "palette6",
-                                           "palette4", "fp16", "fp32"],
+    s.add_argument("--precision", choices=["int8", "int8-weights", "mixed-weights", "int16-weights", "int4-weights",
+                                           "palette6", "palette4", "fp16", "fp32"],
                    help="override the target file's precision for every component whose format produces it "
                         "(quantized precisions are gated and step down their format's ladder)")
     s.add_argument("--calibration", metavar="DIR", help="calibration set for quantized precisions: images/ (optional "

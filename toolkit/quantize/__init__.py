@@ -39,7 +39,8 @@ make a precision raises `QuantizeError`, which the ladder records as the reason 
     `ort.quantize_onnx(src, dst, precision, settings, feeds, flavour="ort"|"tensorrt")`:
         int8 (static QDQ; TensorRT: symmetric int8 Q/DQ on Conv/MatMul/Gemm inputs), int8-weights
         (dynamic), mixed-weights (int8 / int16 weights behind DequantizeLinear, the int8 ones chosen on
-        the calibration feeds), int16-weights, int4-weights (MatMulNBits), fp16, fp32. `ort.qdq_summary(model)`, `ort.op_counts`.
+        the calibration feeds), int16-weights, int4-weights (MatMulNBits), fp16, fp32.
+        `ort.qdq_summary(model)`, `ort.op_counts`.
     `coreml.quantize_coreml(graph, inputs, outputs, example, dst, precision, settings, feeds)`:
         int8 (W8A8 LinearQuantizer), int8-weights, palette6, palette4, fp16, fp32; the result's
         `.simulation` is the PyTorch module the gate measures on Linux. `coreml.simulate(graph,

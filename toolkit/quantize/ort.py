@@ -38,7 +38,8 @@ float16 converter in onnxruntime.transformers).
   constant 2-D weight becomes com.microsoft MatMulNBits.
 - In every quantized `ort`-flavour graph, float constants of 1 MiB or more that no weighted layer or
   table lookup takes (position encodings, RoPE tables, folded from the export first: `_folded`) are
-  stored int16 behind a DequantizeLinear too (`_narrow_constants`).
+  stored at the rung's weight width (int8; int16 for int16-weights) behind a DequantizeLinear too
+  (`_narrow_constants`).
 - **fp16**: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and
   outputs kept (for GPU / NPU runtimes; ONNX Runtime's CPU provider computes most ops in fp32 and
   is slower on fp16 graphs: measured, see shared/docs/environment.md).
@@ -73,7 +74,8 @@ WEIGHT_OP_TYPES = ("MatMul", "Gemm")  # quantize_dynamic (it rewrites a Gemm as 
 DEQUANTIZED_OP_TYPES = ("Conv", "ConvTranspose")  # int8-weights stores their weights int8, float compute
 WIDE_WEIGHT_OP_TYPES = DEQUANTIZED_OP_TYPES + WEIGHT_OP_TYPES  # int16-weights: every weighted layer
 TABLE_OP_TYPES = ("Gather",)  # quantize_dynamic stores a constant table int8 and dequantizes the gathered rows
-NARROW_CONSTANT_BYTES = 1 << 20  # float constants this large are stored int16 in quantized graphs (_narrow_constants)
+NARROW_CONSTANT_BYTES = 1 << 20  # float constants this large are stored narrow in quantized graphs (_narrow_constants)
+CONSTANT_BITS = {"int8": 8, "int8-weights": 8, "int16-weights": 16, "int4-weights": 8}  # at the rung's weight width
 
 
 class _NoRankOneAxis(logging.Filter):
@@ -289,11 +291,14 @@ def _quantize_onnx(src, dst, precision: str, settings: QuantSettings | None, fee
         method, used = _fp16(src, dst, settings, notes)
     else:
         raise QuantizeError(f"precision {precision!r} is not an ONNX precision")
-    if flavour == "ort" and precision not in ("fp32", "fp16"):
-        count, saved = _narrow_constants(dst)
+    bits = CONSTANT_BITS.get(precision) if flavour == "ort" else None
+    if bits:  # mixed-weights narrowed its constants before choosing its weights (they are part of its error)
+        model = onnx.load(str(dst))
+        count, saved = _narrow_constants(model, bits)
         if count:
-            used["int16_constants"] = count
-            notes.append(f"{count} large float constants stored int16 behind DequantizeLinear "
+            onnx.save(model, str(dst))
+            used["narrowed_constants"] = {"count": count, "bits": bits, "bytes_saved": saved}
+            notes.append(f"{count} large float constants stored int{bits} behind DequantizeLinear "
                          f"({saved / 2**20:.1f} MiB saved)")
     operators = op_counts(dst)
     if flavour == "tensorrt" and precision == "int8":
@@ -524,14 +529,14 @@ def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_cha
     return len(dequantize)
 
 
-def _narrow_constants(path: Path) -> tuple[int, int]:
+def _narrow_constants(model: onnx.ModelProto, bits: int) -> tuple[int, int]:
     """Float constants of at least NARROW_CONSTANT_BYTES that no weighted layer or table lookup takes
     (the folded position encodings and RoPE tables: 5 MiB each in the vision encoder, mask decoder and
-    memory attention) stored as int16 per tensor behind a DequantizeLinear (com.microsoft's below opset
-    21), in place: half their bytes at about 90 dB, dequantized per call (microseconds; ONNX Runtime does
-    not fold a DequantizeLinear back). Weights are the precision's business, and a table's
-    DequantizeLinear would expand the whole table every call. Returns (constants, bytes saved)."""
-    model = onnx.load(str(path))
+    memory attention) stored as symmetric int8 / int16 (`bits`, the rung's weight width) per tensor
+    behind a DequantizeLinear (com.microsoft's for int16 below opset 21), in place. A sinusoidal
+    encoding in [-1, 1] keeps about 48 dB at 8 bits and 90 at 16; the DequantizeLinear runs per call
+    (a millisecond; ONNX Runtime does not fold it back). Weights are the precision's business, and a
+    table's DequantizeLinear would expand the whole table every call. Returns (constants, bytes saved)."""
     graph = model.graph
     taken = {n.input[1] for n in graph.node if n.op_type in WIDE_WEIGHT_OP_TYPES and len(n.input) > 1} | \
         {n.input[0] for n in graph.node if n.op_type in TABLE_OP_TYPES} | \
@@ -540,28 +545,29 @@ def _narrow_constants(path: Path) -> tuple[int, int]:
              and 4 * int(np.prod(i.dims)) >= NARROW_CONSTANT_BYTES]
     if not large:
         return 0, 0
+    dtype = {8: np.int8, 16: np.int16}[bits]
+    limit = np.iinfo(dtype).max
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    domain = "com.microsoft" if opset < 21 else ""
+    domain = "com.microsoft" if bits == 16 and opset < 21 else ""
     if domain and not any(o.domain == domain for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     dequantize, saved = [], 0
     for init in large:
         array = onnx.numpy_helper.to_array(init)
         peak = float(np.abs(array).max())
-        scale = np.array(peak / 32767 if peak else 1.0, dtype=np.float32)
-        stored = np.clip(np.rint(array / scale), -32767, 32767).astype(np.int16)
-        name = init.name
+        scale = np.array(peak / limit if peak else 1.0, dtype=np.float32)
+        stored = np.clip(np.rint(array / scale), -limit, limit).astype(dtype)
+        name, narrow = init.name, f"{init.name}_int{bits}"
         graph.initializer.remove(init)
-        graph.initializer.extend([onnx.numpy_helper.from_array(stored, f"{name}_int16"),
+        graph.initializer.extend([onnx.numpy_helper.from_array(stored, narrow),
                                   onnx.numpy_helper.from_array(scale, f"{name}_scale"),
-                                  onnx.numpy_helper.from_array(np.array(0, dtype=np.int16), f"{name}_zero")])
-        dequantize.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int16", f"{name}_scale", f"{name}_zero"],
+                                  onnx.numpy_helper.from_array(np.array(0, dtype=dtype), f"{name}_zero")])
+        dequantize.append(onnx.helper.make_node("DequantizeLinear", [narrow, f"{name}_scale", f"{name}_zero"],
                                                 [name], name=f"{name}_dequantize", domain=domain))
-        saved += 2 * array.size
+        saved += array.nbytes - stored.nbytes
     nodes = dequantize + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(path))
     return len(large), saved
 
 
@@ -585,6 +591,10 @@ def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSou
     candidates = _dequantizable(model, op_types)
     if not candidates:
         raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: mixed weights would change nothing")
+    constants, saved = _narrow_constants(model, 8)
+    if constants:
+        notes.append(f"{constants} large float constants stored int8 behind DequantizeLinear "
+                     f"({saved / 2**20:.1f} MiB saved)")
     sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
     position = {w: i for i, (w, _) in enumerate(candidates)}
     ranked = sorted(position, key=lambda w: (-sizes[w], -position[w]))
@@ -636,7 +646,7 @@ def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSou
         "weight_types": ["int8", "int16"], "per_channel": settings.per_channel, "op_types_to_quantize": op_types,
         "int8_weights": low, "int16_weights": len(ranked) - low, "int8_parameter_share": round(share, 4),
         "target_sqnr_db": target, "calibration_sqnr_db": round(best[1], 2), "samples": len(samples),
-        "probes": probes}
+        "probes": probes, "narrowed_constants": {"count": constants, "bits": 8, "bytes_saved": saved}}
 
 
 def _nbits(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) -> tuple[str, dict]:
