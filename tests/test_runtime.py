@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -257,3 +258,31 @@ def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, small_cp
                  "--point", "312,180", "--out", str(tmp_path / "t")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[toolkit]")]
     assert len(errors) == 1 and "lacks vision_encoder" in errors[0]
+
+
+def test_a_bundle_without_text_encoder_takes_only_its_cached_concepts(small_cpu_bundle, tmp_path):
+    """A prompt-cache bundle (`--concepts`, text encoder left out): a cached concept passes the check, any
+    other prompt is refused in one line before anything runs."""
+    import hashlib
+
+    from toolkit.runtime import open_bundle
+    from toolkit.runtime.errors import RuntimeInputError
+    from toolkit.runtime.image import Segmenter
+    from toolkit.runtime.tokenizer import BpeTokenizer
+    cached = tmp_path / "cached"
+    shutil.copytree(small_cpu_bundle, cached, copy_function=os.link)
+    manifest = json.loads((cached / "manifest.json").read_text())
+    assert "text_encoder" not in manifest["components"]
+    ids = BpeTokenizer(cached / manifest["tokenizer"]["vocabulary"])("person")
+    np.savez(cached / "prompt_cache.npz", token_ids=ids, text_features=np.zeros((1, 77, 256), np.float32),
+             text_mask=np.zeros((1, 77), bool))
+    data = (cached / "prompt_cache.npz").read_bytes()
+    manifest["prompt_cache"] = {"file": "prompt_cache.npz", "concepts": ["person"], "arrays": {},
+                                "computed_with": "this test"}
+    manifest["files"].append({"path": "prompt_cache.npz", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+    (cached / "manifest.json").unlink()  # a hard link to the original's
+    (cached / "manifest.json").write_text(json.dumps(manifest))
+    segmenter = Segmenter(open_bundle(cached))
+    segmenter.check("person", (), (32, 32))
+    with pytest.raises(RuntimeInputError, match="'a zebra' is not one of the 1 concepts of the bundle's prompt cache"):
+        segmenter.check("a zebra", (), (32, 32))

@@ -55,6 +55,12 @@ class PromptCache:
             raise RuntimeInputError(f"bundle {bundle.root}: {info['file']} does not hold one entry per concept")
         self.entries = {tuple(row.tolist()): (features[i], mask[i]) for i, row in enumerate(ids)}
 
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, token_ids: np.ndarray) -> bool:
+        return tuple(np.asarray(token_ids).reshape(-1).tolist()) in self.entries
+
     def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
         found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
         if found is None:
@@ -104,6 +110,9 @@ class Segmenter:
 
     def check(self, prompt: str, boxes_xyxy, image_hw) -> None:
         self.tokenizer.check(prompt)
+        if "text_encoder" not in self.bundle.manifest["components"] and self.tokenizer(prompt) not in self.prompt_cache:
+            raise RuntimeInputError(f"prompt {prompt!r} is not one of the {len(self.prompt_cache)} concepts of the "
+                                    f"bundle's prompt cache, and the bundle has no text encoder to encode it")
         check_boxes(boxes_xyxy, image_hw)
 
     def __call__(self, rgb: np.ndarray, prompt: str, boxes_xyxy_px=(), box_positive=None, threshold: float = 0.5,
