@@ -638,7 +638,8 @@ def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSou
     onnx.save(best[0], str(dst))
     narrow_params = sum(sizes[w] for w in ranked[:low])
     share = narrow_params / sum(sizes[w] for w in ranked)
-    notes.append(f"{low} of {len(ranked)} weights int8 ({share:.0%} of the parameters), the rest int16: "
+    rest = ", the rest int16" if low < len(ranked) else ""
+    notes.append(f"{low} of {len(ranked)} weights int8 ({share:.0%} of the parameters){rest}: "
                  f"{best[1]:.1f} dB on {len(samples)} calibration samples (target {target:g} dB, {probes} probes)")
     granularity = "per channel" if settings.per_channel else "per tensor"
     return (f"mixed int8 / int16 weights {granularity} behind DequantizeLinear (float compute), int8 on the "
