@@ -31,6 +31,28 @@ def light_sd():
     return layout_state_dict()
 
 
+def with_prompt_cache(bundle, out, concepts, token_ids, text_features, text_mask, computed_with: str):
+    """A copy of `bundle` at `out` (hard links: no copy of the weights) with a prompt cache of `concepts`
+    (one row of each array per concept), listed in its manifest as `--concepts` lists it. Returns `out`."""
+    import hashlib
+    import json
+    import os
+    import shutil
+
+    import numpy as np
+    shutil.copytree(bundle, out, copy_function=os.link)
+    np.savez(out / "prompt_cache.npz", token_ids=token_ids, text_features=text_features, text_mask=text_mask)
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = (out / "prompt_cache.npz").read_bytes()
+    manifest["prompt_cache"] = {"file": "prompt_cache.npz", "concepts": list(concepts), "arrays": {},
+                                "computed_with": computed_with}
+    manifest["files"].append({"path": "prompt_cache.npz", "sha256": hashlib.sha256(data).hexdigest(),
+                              "bytes": len(data)})
+    (out / "manifest.json").unlink()  # a hard link to the original's
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def masks_agree(got, ref, ref_value, threshold: float, eps: float) -> int:
     """Thresholded masks agree wherever the reference value is farther than `eps` from the threshold,
     and at most 0.1 % of the pixels differ (the golden tolerance for bool masks); returns how many

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import masks_agree
+from conftest import masks_agree, with_prompt_cache
 
 from toolkit.verify.golden import golden_available, golden_path
 
@@ -155,25 +155,14 @@ def test_js_segmenter_reproduces_the_python_runtime_on_the_golden_image_cases(js
 def test_js_prompt_cache_replaces_the_text_encoder(js, js_segments, cpu_bundle, tmp_path):
     """A bundle with a prompt cache (what `--concepts` writes: numpy's savez): the JS segmenter takes
     "person" from it, never loads the text encoder, and finds what it found with the text encoder."""
-    import hashlib
-
     from toolkit.runtime import open_bundle
     from toolkit.runtime.sessions import Sessions
     from toolkit.runtime.tokenizer import BpeTokenizer
-    cached = tmp_path / "cached"
-    shutil.copytree(cpu_bundle, cached, copy_function=os.link)  # hard links: no copy of the weights
     bundle = open_bundle(cpu_bundle, checksums=False)
     ids = BpeTokenizer(bundle.path(bundle.manifest["tokenizer"]["vocabulary"]))("person")
     text = Sessions(bundle).run("text_encoder", token_ids=ids)
-    np.savez(cached / "prompt_cache.npz", token_ids=ids, text_features=text["text_features"][:, 0][None],
-             text_mask=text["text_mask"][0][None])
-    manifest = json.loads((cached / "manifest.json").read_text())
-    data = (cached / "prompt_cache.npz").read_bytes()
-    manifest["prompt_cache"] = {"file": "prompt_cache.npz", "concepts": ["person"], "arrays": {},
-                                "computed_with": "this test: ONNX Runtime"}
-    manifest["files"].append({"path": "prompt_cache.npz", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
-    (cached / "manifest.json").unlink()  # a hard link to the original's
-    (cached / "manifest.json").write_text(json.dumps(manifest))
+    cached = with_prompt_cache(cpu_bundle, tmp_path / "cached", ["person"], ids, text["text_features"][:, 0][None],
+                               text["text_mask"][0][None], "this test: ONNX Runtime")
     (tmp_path / "cases.json").write_text(json.dumps(CASES[:1]))
     _node(js, "test/driver.mjs", "segment", str(cached), str(golden_path("inputs", "coffee.png")),
           str(tmp_path / "cases.json"), str(tmp_path))

@@ -75,6 +75,15 @@ class Mlp(nn.Module):
         return (self.fc2(torch.relu(self.fc1(x))),)
 
 
+def _export(model: nn.Module, shape: tuple, path: Path, outputs: list[str], **options) -> Path:
+    """`model` to ONNX at `path` (TorchScript exporter, opset 17, input "x" of `shape`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(*shape),), str(path), input_names=["x"], output_names=outputs,
+                          dynamo=False, opset_version=17, **options)
+    return path
+
+
 def _feeds(shape, n, seed):
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
@@ -85,10 +94,7 @@ def convnet_onnx(tmp_path_factory):
     torch.manual_seed(0)
     model = ConvNet().eval()
     path = tmp_path_factory.mktemp("onnx") / "convnet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
-                          output_names=["probs", "features"], dynamo=False, opset_version=17)
+    _export(model, (1, 3, 16, 16), path, ["probs", "features"])
     return path
 
 
@@ -96,10 +102,7 @@ def convnet_onnx(tmp_path_factory):
 def mlp_onnx(tmp_path_factory):
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("onnx") / "mlp.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Mlp().eval(), (torch.randn(1, 4, 128),), str(path), input_names=["x"], output_names=["y"],
-                          dynamo=False, opset_version=17)
+    _export(Mlp().eval(), (1, 4, 128), path, ["y"])
     return path
 
 
@@ -355,10 +358,7 @@ def test_ladder_steps_down_with_the_reason(convnet_onnx, mlp_onnx, tmp_path):
         def forward(self, x):
             return torch.relu(x) * 2.0
     path = tmp_path / "plain.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(NoWeights().eval(), (torch.randn(1, 3, 8, 8),), str(path), input_names=["x"],
-                          output_names=["y"], dynamo=False, opset_version=17)
+    _export(NoWeights().eval(), (1, 3, 8, 8), path, ["y"])
 
     def weights_only(precision):
         result = quantize_onnx(path, tmp_path / f"c-{precision}.onnx", precision, feeds=_feeds((1, 3, 8, 8), 1, 0))
@@ -479,10 +479,7 @@ class Attention(nn.Module):
 def test_ort_weighted_int8_leaves_products_of_activations_in_float(tmp_path):
     torch.manual_seed(3)
     src = tmp_path / "attention.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Attention().eval(), (torch.randn(1, 16, 32),), str(src), input_names=["x"],
-                          output_names=["y"], dynamo=False, opset_version=17)
+    _export(Attention().eval(), (1, 16, 32), src, ["y"])
     feeds = lambda: iter(_feeds((1, 16, 32), 4, 0))  # noqa: E731
 
     def quantized_inputs(path):  # per MatMul / Gemm (the projections export as Gemm): inputs read from a DQ
@@ -561,10 +558,7 @@ class ConvGemm(nn.Module):
 def convgemm_onnx(tmp_path_factory):
     torch.manual_seed(2)
     path = tmp_path_factory.mktemp("onnx") / "convs.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(ConvGemm().eval(), (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
-                          output_names=["y", "z"], dynamo=False, opset_version=17)
+    _export(ConvGemm().eval(), (1, 3, 16, 16), path, ["y", "z"])
     return path
 
 
@@ -639,10 +633,7 @@ class Sensitive(nn.Module):
 def sensitive_onnx(tmp_path_factory):
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("onnx") / "sensitive.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Sensitive().eval(), (torch.randn(1, 3, 16, 16),), str(path), input_names=["x"],
-                          output_names=["y"], dynamo=False, opset_version=17)
+    _export(Sensitive().eval(), (1, 3, 16, 16), path, ["y"])
     return path
 
 
@@ -687,10 +678,7 @@ class Encoded(nn.Module):
 def test_ort_quantized_graphs_store_large_constants_at_the_weight_width(tmp_path):
     torch.manual_seed(4)
     src = tmp_path / "encoded.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Encoded().eval(), (torch.randn(1, 3, 32, 32),), str(src), input_names=["x"],
-                          output_names=["y"], dynamo=False, opset_version=17, do_constant_folding=False)
+    _export(Encoded().eval(), (1, 3, 32, 32), src, ["y"], do_constant_folding=False)
     assert not any(4 * np.prod(i.dims) >= 1 << 20 for i in onnx.load(str(src)).graph.initializer)  # computed
     evaluation = _feeds((1, 3, 32, 32), 2, 7)
     # int16 rungs: about 90 dB; 8-bit ones: a sinusoid at 8 bits per tensor keeps about 48 dB

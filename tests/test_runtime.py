@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import masks_agree
+from conftest import masks_agree, with_prompt_cache
 
 from toolkit.verify.golden import golden_available, golden_path
 
@@ -263,25 +262,15 @@ def test_toolkit_run_uses_the_runtime_and_keeps_its_outputs(cpu_bundle, small_cp
 def test_a_bundle_without_text_encoder_takes_only_its_cached_concepts(small_cpu_bundle, tmp_path):
     """A prompt-cache bundle (`--concepts`, text encoder left out): a cached concept passes the check, any
     other prompt is refused in one line before anything runs."""
-    import hashlib
-
     from toolkit.runtime import open_bundle
     from toolkit.runtime.errors import RuntimeInputError
     from toolkit.runtime.image import Segmenter
     from toolkit.runtime.tokenizer import BpeTokenizer
-    cached = tmp_path / "cached"
-    shutil.copytree(small_cpu_bundle, cached, copy_function=os.link)
-    manifest = json.loads((cached / "manifest.json").read_text())
+    manifest = open_bundle(small_cpu_bundle, checksums=False).manifest
     assert "text_encoder" not in manifest["components"]
-    ids = BpeTokenizer(cached / manifest["tokenizer"]["vocabulary"])("person")
-    np.savez(cached / "prompt_cache.npz", token_ids=ids, text_features=np.zeros((1, 77, 256), np.float32),
-             text_mask=np.zeros((1, 77), bool))
-    data = (cached / "prompt_cache.npz").read_bytes()
-    manifest["prompt_cache"] = {"file": "prompt_cache.npz", "concepts": ["person"], "arrays": {},
-                                "computed_with": "this test"}
-    manifest["files"].append({"path": "prompt_cache.npz", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
-    (cached / "manifest.json").unlink()  # a hard link to the original's
-    (cached / "manifest.json").write_text(json.dumps(manifest))
+    ids = BpeTokenizer(small_cpu_bundle / manifest["tokenizer"]["vocabulary"])("person")
+    cached = with_prompt_cache(small_cpu_bundle, tmp_path / "cached", ["person"], ids,
+                               np.zeros((1, 77, 256), np.float32), np.zeros((1, 77), bool), "this test")
     segmenter = Segmenter(open_bundle(cached))
     segmenter.check("person", (), (32, 32))
     with pytest.raises(RuntimeInputError, match="'a zebra' is not one of the 1 concepts of the bundle's prompt cache"):

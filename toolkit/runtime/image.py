@@ -111,6 +111,9 @@ class Segmenter:
     def check(self, prompt: str, boxes_xyxy, image_hw) -> None:
         self.tokenizer.check(prompt)
         if "text_encoder" not in self.bundle.manifest["components"] and self.tokenizer(prompt) not in self.prompt_cache:
+            if not len(self.prompt_cache):
+                raise RuntimeInputError(f"bundle {self.bundle.root} has no component 'text_encoder' and no prompt "
+                                        "cache (a partial build?)")
             raise RuntimeInputError(f"prompt {prompt!r} is not one of the {len(self.prompt_cache)} concepts of the "
                                     f"bundle's prompt cache, and the bundle has no text encoder to encode it")
         check_boxes(boxes_xyxy, image_hw)
