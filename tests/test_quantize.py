@@ -682,9 +682,10 @@ def test_ort_quantized_graphs_store_large_constants_at_the_weight_width(tmp_path
     assert not any(4 * np.prod(i.dims) >= 1 << 20 for i in onnx.load(str(src)).graph.initializer)  # computed
     evaluation = _feeds((1, 3, 32, 32), 2, 7)
     # int16 rungs: about 90 dB; 8-bit ones: a sinusoid at 8 bits per tensor keeps about 48 dB
+    calibration = _feeds((1, 3, 32, 32), 2, 8)
     for precision, bits, domain, floor in (("int16-weights", 16, "com.microsoft", 70), ("int8", 8, "", 25),
                                            ("mixed-weights", 8, "", 25)):
-        result = quantize_onnx(src, tmp_path / f"{precision}.onnx", precision, feeds=_feeds((1, 3, 32, 32), 2, 8))
+        result = quantize_onnx(src, tmp_path / f"{precision}.onnx", precision, feeds=calibration)
         model = onnx.load(str(result.path))
         inits = {i.name: i for i in model.graph.initializer}
         encoding = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
@@ -695,6 +696,9 @@ def test_ort_quantized_graphs_store_large_constants_at_the_weight_width(tmp_path
                                                          "bytes_saved": (4 - bits // 8) * 256 * 32 * 32}
         assert any(f"large float constants stored int{bits}" in note for note in result.notes)
         assert _measure(src, result.path, evaluation)["figures"]["sqnr_db"] > floor, precision
+    # mixed-weights' search measured its probes, narrow constant included, against the fp32 graph
+    searched = _measure(src, result.path, calibration)["figures"]["sqnr_db"]
+    assert result.settings["calibration_sqnr_db"] == pytest.approx(searched, abs=0.05)
     # the .ort conversion keeps the constant narrow (the fp32 graph's .ort holds it folded, float)
     ratio, config, sqnr = _as_ort(src, result, tmp_path, "y", evaluation[0])
     assert ratio < 0.4 and "DequantizeLinear" in config and sqnr > 25
