@@ -9,8 +9,8 @@ Memory choices (measured: benchmarks/results/2026-12-02-runtime-memory.md):
   not one per session: the pipelines run their components one after another, and a per-session arena
   keeps the regions its outputs live in after the session is released, so the next component's
   session grew its own beside them. Measured on the int8 android bundle (AMD EPYC, 2 threads, one run
-  in a fresh process): image + text 885 -> 694 MiB peak, 8-frame click tracking 1490 -> 1047 MiB, at
-  the same speed (2.63-2.76 vs 2.78-2.82 s; 27.5 vs 27.7 s);
+  in a fresh process): image + text 885 -> 689 MiB peak, 8-frame click tracking 1490 -> 1050 MiB, at
+  the same speed (2.63-2.76 vs 2.72-2.73 s; 27.5 s both);
 - no memory pattern: the pattern pre-allocates one block for all intermediates of a shape, which
   holds the peak even where buffers could have been released earlier;
 - `.ort` files: ORT keeps the file's bytes and points the initializers into them
