@@ -84,10 +84,11 @@ def _key(job, name: str, precision: str, flavour: str) -> str:
     else:
         source, _ = base.exported_source(job, name, fmt)
         source_key = json.loads(cache.record_path(source).read_text())["key"]
-    settings = job.target.quantization.for_component(name).to_dict()
+    component = job.target.quantization.for_component(name)
+    settings = component.to_dict()
     settings.pop("gate")  # see Calibration.digest
     if precision == "mixed-weights":  # its choice depends on the gate's SQNR floor
-        settings["mixed_target_db"] = job.target.quantization.for_component(name).mixed_target_db
+        settings["mixed_target_db"] = component.mixed_target_db
     code = {}
     if flavour in _CODE:
         code["code"] = cache.file_sha256(Path(__file__).resolve().parents[1] / "quantize" / _CODE[flavour])

@@ -21,8 +21,7 @@ A target file's `[quantization]` table (parsed by `QuantSettings.from_dict`):
     keep_float = ["Gather"]
 
 Per component the target says `precision = "int8" | "int8-weights" | "mixed-weights" | "int16-weights" |
-"int4-weights" |
-"palette4" | "palette6" | "fp16" | "fp32"`, as the format allows (`FORMAT_PRECISIONS`). A precision that fails
+"int4-weights" | "palette4" | "palette6" | "fp16" | "fp32"`, as the format allows (`FORMAT_PRECISIONS`). A precision that fails
 the gate steps down its format's ladder (`LADDERS`) until one passes; fp32 is the floor of every
 format and is not gated (its parity is the export verification's job).
 """

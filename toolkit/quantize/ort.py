@@ -422,24 +422,24 @@ def _dynamic(src: Path, dst: Path, settings: QuantSettings, notes: list[str]) ->
     return f"int8 weights {granularity}: " + "; ".join(parts), used
 
 
-def _folded(src: Path, dst: Path) -> onnx.ModelProto:
+def _folded(src: Path) -> onnx.ModelProto:
     """`src` with ONNX Runtime's basic (platform-independent) optimisations applied, constant folding
     above all: what the .ort conversion and any ONNX Runtime session would compute at load anyway, done
     here so that the folded constants (position encodings, RoPE tables) exist as initializers that
     `_narrow_constants` can store narrower. Kept float they would reappear, full size, in the .ort."""
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-    return onnx.load(str(dst))
+    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath)
 
 
 def _wide_weights(src: Path, dst: Path, settings: QuantSettings) -> tuple[str, dict]:
     op_types = [t for t in WIDE_WEIGHT_OP_TYPES if t not in settings.keep_float]
-    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
-        model = _folded(src, Path(tmp) / "folded.onnx")
+    model = _folded(src)
     count = _dequantize_weights(model, op_types, settings.per_channel, 16)
     onnx.save(model, str(dst))
     if not count:
@@ -480,6 +480,47 @@ def _dequantizable(model: onnx.ModelProto, op_types: Iterable[str]) -> list[tupl
     return out
 
 
+def _onnx_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _behind_dequantize(model: onnx.ModelProto, init: onnx.TensorProto, width: int, axis: int | None) -> tuple:
+    """Replace the float initializer `init` by its symmetric int8 / int16 (`width`) form, scaled per
+    `axis` (None: per tensor), and return (the DequantizeLinear that makes it again under its name,
+    bytes saved). int16 takes com.microsoft's DequantizeLinear below opset 21 (ONNX's has int16 from 21)."""
+    dtype = {8: np.int8, 16: np.int16}[width]
+    limit = np.iinfo(dtype).max  # symmetric: -limit..limit
+    domain = "com.microsoft" if width == 16 and _onnx_opset(model) < 21 else ""
+    if domain and not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+    array = onnx.numpy_helper.to_array(init).astype(np.float32)
+    if axis is None:
+        scale = np.array(np.abs(array).max() / limit, dtype=np.float32)
+        shaped = scale
+    else:
+        peaks = np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).max(1)
+        scale = (peaks / limit).astype(np.float32)
+        shaped = scale.reshape([-1 if d == axis else 1 for d in range(array.ndim)])
+    scale[scale == 0] = 1.0  # an all-zero tensor or channel: any scale represents it exactly
+    quantized = np.clip(np.rint(array / shaped), -limit, limit).astype(dtype)
+    name, stored = init.name, f"{init.name}_int{width}"
+    model.graph.initializer.remove(init)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(quantized, stored),
+                                    onnx.numpy_helper.from_array(scale, f"{name}_scale"),
+                                    onnx.numpy_helper.from_array(np.zeros_like(scale, dtype=dtype), f"{name}_zero")])
+    per_axis = {} if axis is None else {"axis": axis}
+    node = onnx.helper.make_node("DequantizeLinear", [stored, f"{name}_scale", f"{name}_zero"], [name],
+                                 name=f"{name}_dequantize", domain=domain, **per_axis)
+    return node, array.nbytes - quantized.nbytes
+
+
+def _prepend(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Constants' DequantizeLinear nodes first: the graph stays topologically sorted."""
+    ordered = nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_channel: bool,
                         bits: int | Mapping[str, int]) -> int:
     """Constant weights of `op_types` nodes stored as symmetric int8 / int16 with a DequantizeLinear in
@@ -489,43 +530,16 @@ def _dequantize_weights(model: onnx.ModelProto, op_types: Iterable[str], per_cha
     ConvInteger, which quantizes the activations too; MatMulNBits is MatMul only) nor a 16-bit or
     mixed-width one. Scales per output channel (`_weight_axis`). Edits `model`; returns how many
     weights were quantized."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
+    if _onnx_opset(model) < 13:
         raise QuantizeError("per-channel DequantizeLinear needs opset 13 or later")
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
     dequantize = []
     for weight, node in _dequantizable(model, op_types):
         width = bits if isinstance(bits, int) else bits.get(weight)
-        if width is None:
-            continue
-        dtype = {8: np.int8, 16: np.int16}[width]
-        limit = np.iinfo(dtype).max  # symmetric: -limit..limit
-        domain = "com.microsoft" if width == 16 and opset < 21 else ""  # ONNX DequantizeLinear has int16 from 21
-        if domain and not any(o.domain == domain for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-        array = onnx.numpy_helper.to_array(inits[weight]).astype(np.float32)
-        axis = _weight_axis(node, array.ndim) if per_channel else None
-        if axis is None:
-            scale = np.array(np.abs(array).max() / limit, dtype=np.float32)
-            shaped = scale
-        else:
-            peaks = np.abs(np.moveaxis(array, axis, 0)).reshape(array.shape[axis], -1).max(1)
-            scale = (peaks / limit).astype(np.float32)
-            shaped = scale.reshape([-1 if d == axis else 1 for d in range(array.ndim)])
-        scale[scale == 0] = 1.0  # an all-zero channel: any scale represents it exactly
-        quantized = np.clip(np.rint(array / shaped), -limit, limit).astype(dtype)
-        stored = f"{weight}_int{width}"
-        graph.initializer.remove(inits[weight])
-        graph.initializer.extend([onnx.numpy_helper.from_array(quantized, stored),
-                                  onnx.numpy_helper.from_array(scale, f"{weight}_scale"),
-                                  onnx.numpy_helper.from_array(np.zeros_like(scale, dtype=dtype), f"{weight}_zero")])
-        per_axis = {} if axis is None else {"axis": axis}
-        dequantize.append(onnx.helper.make_node("DequantizeLinear", [stored, f"{weight}_scale", f"{weight}_zero"],
-                                                [weight], name=f"{weight}_dequantize", domain=domain, **per_axis))
-    nodes = dequantize + list(graph.node)  # constants first: the graph stays topologically sorted
-    del graph.node[:]
-    graph.node.extend(nodes)
+        if width is not None:
+            axis = _weight_axis(node, len(inits[weight].dims)) if per_channel else None
+            dequantize.append(_behind_dequantize(model, inits[weight], width, axis)[0])
+    _prepend(model.graph, dequantize)
     return len(dequantize)
 
 
@@ -533,42 +547,19 @@ def _narrow_constants(model: onnx.ModelProto, bits: int) -> tuple[int, int]:
     """Float constants of at least NARROW_CONSTANT_BYTES that no weighted layer or table lookup takes
     (the folded position encodings and RoPE tables: 5 MiB each in the vision encoder, mask decoder and
     memory attention) stored as symmetric int8 / int16 (`bits`, the rung's weight width) per tensor
-    behind a DequantizeLinear (com.microsoft's for int16 below opset 21), in place. A sinusoidal
-    encoding in [-1, 1] keeps about 48 dB at 8 bits and 90 at 16; the DequantizeLinear runs per call
-    (a millisecond; ONNX Runtime does not fold it back). Weights are the precision's business, and a
-    table's DequantizeLinear would expand the whole table every call. Returns (constants, bytes saved)."""
+    behind a DequantizeLinear, in place. A sinusoidal encoding in [-1, 1] keeps about 48 dB at 8 bits
+    and 90 at 16; the DequantizeLinear runs per call (a millisecond; ONNX Runtime does not fold it
+    back). Weights are the precision's business, and a table's DequantizeLinear would expand the whole
+    table every call. Returns (constants, bytes saved)."""
     graph = model.graph
     taken = {n.input[1] for n in graph.node if n.op_type in WIDE_WEIGHT_OP_TYPES and len(n.input) > 1} | \
         {n.input[0] for n in graph.node if n.op_type in TABLE_OP_TYPES} | \
         {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"} | {i.name for i in graph.input}
     large = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.name not in taken
              and 4 * int(np.prod(i.dims)) >= NARROW_CONSTANT_BYTES]
-    if not large:
-        return 0, 0
-    dtype = {8: np.int8, 16: np.int16}[bits]
-    limit = np.iinfo(dtype).max
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    domain = "com.microsoft" if bits == 16 and opset < 21 else ""
-    if domain and not any(o.domain == domain for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
-    dequantize, saved = [], 0
-    for init in large:
-        array = onnx.numpy_helper.to_array(init)
-        peak = float(np.abs(array).max())
-        scale = np.array(peak / limit if peak else 1.0, dtype=np.float32)
-        stored = np.clip(np.rint(array / scale), -limit, limit).astype(dtype)
-        name, narrow = init.name, f"{init.name}_int{bits}"
-        graph.initializer.remove(init)
-        graph.initializer.extend([onnx.numpy_helper.from_array(stored, narrow),
-                                  onnx.numpy_helper.from_array(scale, f"{name}_scale"),
-                                  onnx.numpy_helper.from_array(np.array(0, dtype=dtype), f"{name}_zero")])
-        dequantize.append(onnx.helper.make_node("DequantizeLinear", [narrow, f"{name}_scale", f"{name}_zero"],
-                                                [name], name=f"{name}_dequantize", domain=domain))
-        saved += array.nbytes - stored.nbytes
-    nodes = dequantize + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return len(large), saved
+    narrowed = [_behind_dequantize(model, init, bits, None) for init in large]
+    _prepend(graph, [node for node, _ in narrowed])
+    return len(narrowed), sum(saved for _, saved in narrowed)
 
 
 def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSource,
@@ -586,8 +577,7 @@ def _mixed_weights(src: Path, dst: Path, settings: QuantSettings, feeds: FeedSou
     backbone's many small early layers are what turns int8 rounding into 9.5 dB (untrained weights)."""
     import onnxruntime as ort
     op_types = [t for t in WIDE_WEIGHT_OP_TYPES if t not in settings.keep_float]
-    with tempfile.TemporaryDirectory(prefix="esam3-q-") as tmp:
-        model = _folded(src, Path(tmp) / "folded.onnx")
+    model = _folded(src)
     candidates = _dequantizable(model, op_types)
     if not candidates:
         raise QuantizeError(f"no {'/'.join(op_types)} with constant weights: mixed weights would change nothing")

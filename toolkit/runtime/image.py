@@ -58,11 +58,15 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @staticmethod
+    def _key(token_ids: np.ndarray) -> tuple:
+        return tuple(np.asarray(token_ids).reshape(-1).tolist())
+
     def __contains__(self, token_ids: np.ndarray) -> bool:
-        return tuple(np.asarray(token_ids).reshape(-1).tolist()) in self.entries
+        return self._key(token_ids) in self.entries
 
     def lookup(self, token_ids: np.ndarray) -> dict[str, np.ndarray] | None:
-        found = self.entries.get(tuple(np.asarray(token_ids).reshape(-1).tolist()))
+        found = self.entries.get(self._key(token_ids))
         if found is None:
             return None
         self.hits += 1

@@ -23,6 +23,7 @@ for a scalar, as the manifest records per artifact) and outputs back to the decl
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,13 @@ from .errors import RuntimeInputError
 ORT_FORMATS = ("onnx", "ort", "tensorrt")  # tensorrt: the TensorRT-ready ONNX, runnable on ONNX Runtime
 
 
-_shared_arena: list[bool] = []  # registered in this process's ONNX Runtime environment
-
-
+@functools.cache
 def _share_one_arena() -> None:
     """Register one CPU arena (ONNX Runtime's default arena configuration) in its environment, once per
-    process."""
+    process (cached)."""
     import onnxruntime as ort
-    if not _shared_arena:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-        _shared_arena.append(True)
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
 
 
 def session_options(threads: int | None = None, lean: bool = True):
